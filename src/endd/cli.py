@@ -1,0 +1,153 @@
+"""The ``endd`` command line. Every user error ends in one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from endd import __version__
+from endd.errors import EnddError
+
+DESCRIPTION = """\
+Ensemble Distribution Distillation (EnD²): train an ensemble, distill it into one Prior Network,
+and compare accuracy and data/knowledge uncertainty of every model.
+
+A run is a folder: config.yaml, ensemble/, teacher/, students/, predictions/, metrics.json,
+report.md and figures/. Each stage skips what is done and resumes what was interrupted.
+"""
+
+EXAMPLES = """\
+examples:
+  endd demo                                   # the paper's spiral experiment → runs/demo
+  endd run configs/spiral.yaml --out runs/s1 --set seed=1 --set students.epochs=100
+  endd run configs/spiral.yaml --out runs/my --set data.name=npz --set data.path=my.npz
+  endd evaluate runs/s1 --force               # rescore after changing the metrics code
+"""
+
+
+def builtin_config(name: str) -> Path:
+    """Path of a config shipped with the package (``configs/<name>.yaml``)."""
+    path = Path(str(resources.files("endd") / "configs" / f"{name}.yaml"))
+    if not path.is_file():
+        raise EnddError(f"built-in config '{name}' not found")
+    return path
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, overrides: bool = True) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    if overrides:
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, dotted, value read as YAML (repeatable), "
+            "e.g. --set students.epochs=100 --set data.ood=[far]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="endd",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"endd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the paper's artificial-dataset experiment (spirals) with a report",
+        description="Train 10 MLPs on three noisy spirals, distill them into EnD, EnD², "
+        "EnD²+AUX and Proxy students, evaluate and write a report (about 2 minutes on a laptop).",
+    )
+    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    _add_run_options(demo)
+
+    run = commands.add_parser(
+        "run",
+        help="run every stage of a config into a run directory",
+        description="Run ensemble → distill → evaluate → report for CONFIG into --out. "
+        "Rerunning the same command skips finished stages and resumes an interrupted one.",
+    )
+    run.add_argument("config", help="YAML config file (see configs/)")
+    run.add_argument("--out", required=True, help="run directory")
+    _add_run_options(run)
+
+    stage_help = {
+        "ensemble": "train the ensemble and cache its logits on every split",
+        "distill": "train the configured students from the cached teacher",
+        "evaluate": "score every model and write metrics.json",
+        "report": "write report.md and figures/ from metrics.json",
+    }
+    for stage, text in stage_help.items():
+        sub = commands.add_parser(stage, help=text, description=f"{text[0].upper()}{text[1:]}.")
+        sub.add_argument("run_dir", help="an existing run directory (made by `endd run`)")
+        _add_run_options(sub, overrides=False)
+        if stage in ("evaluate", "report"):
+            sub.add_argument("--force", action="store_true", help="recompute even if present")
+
+    data = commands.add_parser("data", help="dataset utilities")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    download = data_commands.add_parser(
+        "download",
+        help="download a public dataset with checksum checks",
+        description="Fetch a public dataset from its canonical address, verify its checksum and "
+        "move it into place atomically.",
+    )
+    download.add_argument("name", help="dataset name, e.g. fashion_mnist, cifar10")
+    download.add_argument("--root", required=True, help="folder to put the dataset in")
+    download.add_argument("--base-url", default=None, help=argparse.SUPPRESS)
+    _add_run_options(download, overrides=False)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    from endd.pipeline.config import load_yaml
+    from endd.pipeline.run import run_config, run_stages
+
+    if args.command == "demo":
+        run = run_config(
+            load_yaml(builtin_config("spiral")), args.out, args.overrides, quiet=args.quiet
+        )
+        if not args.quiet:
+            print(f"report: {run.report}")
+    elif args.command == "run":
+        run = run_config(load_yaml(args.config), args.out, args.overrides, quiet=args.quiet)
+        if not args.quiet:
+            print(f"report: {run.report}")
+    elif args.command in ("ensemble", "distill", "evaluate", "report"):
+        if not Path(args.run_dir).is_dir():
+            raise EnddError(f"run directory not found: {args.run_dir}")
+        run_stages(
+            args.run_dir, [args.command], quiet=args.quiet, force=getattr(args, "force", False)
+        )
+    elif args.command == "data":
+        from endd.data.download import download
+
+        path = download(args.name, args.root, base_url=args.base_url, progress=not args.quiet)
+        if not args.quiet:
+            print(f"{args.name} is in {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    try:
+        _dispatch(args)
+    except (EnddError, ValueError, FileNotFoundError) as err:
+        print(f"endd: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("endd: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

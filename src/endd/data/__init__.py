@@ -1,0 +1,26 @@
+"""Datasets as :class:`DataBundle`: standardised tensors per split, by name from the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from endd.data.bundle import DataBundle
+from endd.errors import ConfigError
+
+__all__ = ["DATASETS", "DataBundle", "load_data"]
+
+DATASETS = ("spiral", "npz")
+
+
+def load_data(data: dict[str, Any], seed: int) -> DataBundle:
+    """Build the dataset the ``data`` config section names; deterministic given ``seed``."""
+    name = data["name"]
+    if name == "spiral":
+        from endd.data.spiral import load_spiral
+
+        return load_spiral(data, seed)
+    if name == "npz":
+        from endd.data.arrays import load_npz
+
+        return load_npz(data, seed)
+    raise ConfigError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")

@@ -1,0 +1,76 @@
+"""The one shape every dataset takes inside a run: tensors per split, standardised."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class DataBundle:
+    """In-memory splits of one dataset, already standardised with training statistics.
+
+    Attributes:
+        name: dataset name as in the config.
+        num_classes: K; labels are 0..K-1.
+        x_train, y_train: training inputs [N, *input_shape] (float32) and labels [N] (int64).
+        x_test, y_test: test inputs and labels.
+        x_aux: unlabelled auxiliary inputs for EnD²+AUX, or None.
+        ood: OOD evaluation sets by name, each [N_ood, *input_shape].
+        grid: for 2-D inputs, points covering the input plane [R*R, 2] (row-major, y outer),
+            else None.
+        grid_shape: (R, R) for ``grid``.
+        mean, std: the standardisation applied (raw = x * std + mean), shaped like one input.
+    """
+
+    name: str
+    num_classes: int
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    x_aux: Tensor | None = None
+    ood: dict[str, Tensor] = field(default_factory=dict)
+    grid: Tensor | None = None
+    grid_shape: tuple[int, int] | None = None
+    mean: Tensor | None = None
+    std: Tensor | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def unlabelled_splits(self) -> dict[str, Tensor]:
+        """Every split the teacher and the students are evaluated on, by name."""
+        splits = {"train": self.x_train, "test": self.x_test}
+        if self.x_aux is not None:
+            splits["aux"] = self.x_aux
+        for name, x in self.ood.items():
+            splits[f"ood_{name}"] = x
+        if self.grid is not None:
+            splits["grid"] = self.grid
+        return splits
+
+    def to_raw(self, x: Tensor) -> Tensor:
+        """Undo the standardisation (for plots in the data's own coordinates)."""
+        if self.mean is None or self.std is None:
+            return x
+        return x * self.std + self.mean
+
+
+def standardise(
+    train: Tensor, *others: Tensor | None, per_channel: bool = False
+) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+    """Mean/std from ``train`` (per feature, or per channel for images), applied to all sets."""
+    if per_channel:
+        dims = [0, *range(2, train.ndim)]
+        mean = train.mean(dim=dims, keepdim=True)[0]
+        std = train.std(dim=dims, keepdim=True)[0]
+    else:
+        mean = train.mean(dim=0)
+        std = train.std(dim=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    scaled = [None if x is None else (x - mean) / std for x in others]
+    return mean, std, scaled

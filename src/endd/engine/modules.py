@@ -1,0 +1,159 @@
+"""Lightning modules: one trains an ensemble (all members in one batched module), one distills it.
+
+Both keep their own state plain (numbers, tensors) so checkpoints load with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from endd import losses
+from endd.schedules import TemperatureSchedule
+
+Augment = Callable[[Tensor], Tensor]
+
+
+class _TrainingModule(L.LightningModule):
+    """Shared optimiser set-up and per-epoch loss bookkeeping."""
+
+    def __init__(self, lr: float, weight_decay: float, augment: Augment | None) -> None:
+        super().__init__()
+        self.lr, self.weight_decay, self.augment = lr, weight_decay, augment
+        self.epoch_losses: list[float] = []
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def _record(self, loss: Tensor, batch_size: int) -> None:
+        self._loss_sum += float(loss.detach()) * batch_size
+        self._loss_count += batch_size
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_losses.append(self._loss_sum / max(self._loss_count, 1))
+        self.log("loss", self.epoch_losses[-1], prog_bar=True)
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        return self.augment(x) if self.augment is not None else x
+
+
+class EnsembleModule(_TrainingModule):
+    """Trains M members together: ``model(x)`` is [B, M, K]; the loss is the sum over members of
+    each member's mean cross-entropy, so every member gets the gradient it would get alone."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        augment: Augment | None = None,
+    ) -> None:
+        super().__init__(lr, weight_decay, augment)
+        self.model = model
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self.model(self._inputs(x))  # [B, M, K]
+        batch_size, members, classes = logits.shape
+        per_member = F.cross_entropy(
+            logits.reshape(batch_size * members, classes).float(),
+            y.repeat_interleave(members),
+            reduction="none",
+        )
+        loss = per_member.view(batch_size, members).mean(dim=0).sum()
+        self._record(loss / members, batch_size)
+        return loss
+
+
+class StudentModule(_TrainingModule):
+    """Distills an ensemble into ``model`` (``[B, K]`` logits) with one of the losses.
+
+    The batch is ``(x, teacher_logits [B, M, K])`` for a cached teacher, or ``(x,)`` with an
+    online ``teacher`` module run on the same (augmented) inputs the student sees. The
+    temperature follows ``schedule`` by optimiser step; the schedule's state is saved in the
+    checkpoint, so a resumed run anneals exactly as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss: str,
+        schedule: TemperatureSchedule,
+        smoothing: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        augment: Augment | None = None,
+        teacher: nn.Module | None = None,
+    ) -> None:
+        super().__init__(lr, weight_decay, augment)
+        self.model = model
+        self.loss_name = loss
+        self.loss_fn = losses.get_loss(loss)
+        self.schedule = schedule
+        self.smoothing = smoothing
+        # Not a submodule: the teacher is frozen and never saved with the student.
+        self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
+        self.epoch_temperatures: list[float] = []
+
+    def temperature(self) -> float:
+        return float(self.schedule(self.global_step))
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x = self._inputs(batch[0])
+        if len(batch) > 1:
+            teacher_logits = batch[1].float()
+        else:
+            with torch.no_grad():
+                teacher_logits = self._teacher[0](x).float()
+        kwargs: dict[str, Any] = {"temperature": self.temperature()}
+        if self.loss_name == "endd":
+            kwargs["smoothing"] = self.smoothing
+        loss = self.loss_fn(self.model(x).float(), teacher_logits, **kwargs)
+        self._record(loss, len(x))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_temperatures.append(self.temperature())
+        self.log("T", self.epoch_temperatures[-1], prog_bar=True)
+        super().on_train_epoch_end()
+
+    def on_fit_start(self) -> None:
+        if self._teacher:
+            self._teacher[0].to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["endd"] = {
+            "schedule": self.schedule.state_dict(),
+            "epoch_losses": list(self.epoch_losses),
+            "epoch_temperatures": list(self.epoch_temperatures),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["endd"]
+        self.schedule.load_state_dict(state["schedule"])
+        self.epoch_losses = list(state["epoch_losses"])
+        self.epoch_temperatures = list(state["epoch_temperatures"])
+
+
+def _save_losses(module: _TrainingModule, checkpoint: dict[str, Any]) -> None:
+    checkpoint["endd"] = {"epoch_losses": list(module.epoch_losses)}
+
+
+def _load_losses(module: _TrainingModule, checkpoint: dict[str, Any]) -> None:
+    module.epoch_losses = list(checkpoint["endd"]["epoch_losses"])
+
+
+EnsembleModule.on_save_checkpoint = _save_losses  # type: ignore[method-assign]
+EnsembleModule.on_load_checkpoint = _load_losses  # type: ignore[method-assign]

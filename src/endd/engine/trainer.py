@@ -1,0 +1,100 @@
+"""The Lightning Trainer as endd uses it: per-epoch atomic checkpoints, resume, quiet mode."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from torch.utils.data import DataLoader
+
+CHECKPOINT_NAME = "last.ckpt"
+
+
+class AtomicEpochCheckpoint(Callback):
+    """Save the full training state at every epoch end: to a temporary file, then rename.
+
+    A run killed at any moment leaves either the previous checkpoint or the new one, never a torn
+    file. Lightning's own ModelCheckpoint writes in place.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / CHECKPOINT_NAME
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".ckpt.tmp")
+        trainer.save_checkpoint(temporary)
+        os.replace(temporary, self.path)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's start-up banners (GPU available, model summary, tips)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*`isinstance.*treespec.*")
+
+
+def fit(
+    module: L.LightningModule,
+    loader: DataLoader,
+    *,
+    epochs: int,
+    checkpoint_dir: Path,
+    trainer_config: dict[str, Any],
+    gradient_clip: float | None = None,
+    quiet: bool = False,
+    description: str = "",
+) -> None:
+    """Train ``module`` for ``epochs``, resuming from ``checkpoint_dir/last.ckpt`` if present.
+
+    Checkpoints are loaded with ``weights_only=True``: nothing in them can execute code.
+    """
+    quiet_lightning()
+    checkpoint_dir = Path(checkpoint_dir)
+    resume = checkpoint_dir / CHECKPOINT_NAME
+    callbacks: list[Callback] = [AtomicEpochCheckpoint(checkpoint_dir)]
+    if not quiet:
+        callbacks.append(_DescribedProgressBar(description))
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator=trainer_config.get("accelerator", "cpu"),
+        devices=trainer_config.get("devices", 1),
+        precision=trainer_config.get("precision", "32-true"),
+        gradient_clip_val=gradient_clip,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=not quiet,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        default_root_dir=str(checkpoint_dir),
+    )
+    trainer.fit(
+        module,
+        train_dataloaders=loader,
+        ckpt_path=str(resume) if resume.is_file() else None,
+        weights_only=True,
+    )
+
+
+class _DescribedProgressBar(TQDMProgressBar):
+    """Progress bar whose line says which model is training."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(leave=False)
+        self.description = description
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if self.description:
+            self.train_progress_bar.set_description(
+                f"{self.description} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            )

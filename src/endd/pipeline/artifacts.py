@@ -1,0 +1,76 @@
+"""Atomic artifact I/O: every file is written to a temporary name in its folder, then renamed.
+
+A run killed at any moment leaves each artifact either absent or complete. Only formats that
+cannot execute code on load: JSON, YAML, ``.npy`` (``allow_pickle=False``) and safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path``; on success rename it into place, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
+    with atomic_path(path) as temporary:
+        writer(temporary)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    _write_with(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_array(path: str | Path, array: np.ndarray | torch.Tensor) -> None:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+
+    def writer(p: Path) -> None:
+        with open(p, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+    _write_with(path, writer)
+
+
+def read_array(path: str | Path, *, mmap: bool = True) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def write_weights(path: str | Path, module: torch.nn.Module) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    _write_with(path, lambda p: save_file(state, str(p)))
+
+
+def read_weights(path: str | Path, module: torch.nn.Module) -> torch.nn.Module:
+    module.load_state_dict(load_file(str(path)))
+    return module
