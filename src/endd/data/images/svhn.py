@@ -1,0 +1,67 @@
+"""SVHN cropped digits, ``.mat`` format (Netzer et al., 2011; http://ufldl.stanford.edu/housenumbers/).
+
+``{split}_32x32.mat`` holds ``X`` uint8 [32, 32, 3, N] and ``y`` [N, 1] with labels 1..10, where
+10 stands for the digit 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from endd.data.images.common import (
+    CorruptDatasetError,
+    ImageArrays,
+    check_split,
+    locate,
+    not_found,
+)
+
+SVHN_SPLITS = ("train", "test", "extra")
+SVHN_FOLDER = "svhn"
+SVHN_CLASSES = tuple(str(d) for d in range(10))
+
+
+def load_svhn(root: str | Path, split: str = "train") -> ImageArrays:
+    """SVHN: 32×32 RGB house-number digits, 73 257 train / 26 032 test / 531 131 extra, K = 10.
+
+    Args:
+        root: data root holding ``svhn/{split}_32x32.mat`` (or the .mat files directly).
+        split: "train", "test" or "extra".
+
+    Returns:
+        ImageArrays with images uint8 [N, 3, 32, 32] and labels int64 [N] with digit d as label d
+        (the file's label 10 becomes 0).
+
+    Raises:
+        DatasetNotFoundError: the .mat file is missing.
+        CorruptDatasetError: it cannot be parsed or lacks ``X``/``y`` of the documented shapes.
+    """
+    check_split(split, SVHN_SPLITS)
+    name = f"{split}_32x32.mat"
+    directory = locate(root, SVHN_FOLDER, name)
+    if directory is None:
+        raise not_found("SVHN", "svhn", Path(root), SVHN_FOLDER, [name])
+    path = directory / name
+    try:
+        contents = scipy.io.loadmat(path, variable_names=("X", "y"))
+    except Exception as err:  # scipy raises ValueError, TypeError, OSError... on damaged files
+        raise CorruptDatasetError(f"{path} is not a readable .mat file: {err}") from None
+    if "X" not in contents or "y" not in contents:
+        raise CorruptDatasetError(f"{path} lacks the variables X and y of the SVHN format")
+    pixels, labels = contents["X"], contents["y"]
+    if pixels.ndim != 4 or pixels.shape[:3] != (32, 32, 3) or pixels.dtype != np.uint8:
+        raise CorruptDatasetError(
+            f"{path}: X must be uint8 [32, 32, 3, N], got {pixels.dtype} {pixels.shape}"
+        )
+    labels = labels.reshape(-1).astype(np.int64)
+    if len(labels) != pixels.shape[3]:
+        raise CorruptDatasetError(f"{path}: X has {pixels.shape[3]} images, y {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() > 10):
+        raise CorruptDatasetError(
+            f"{path}: labels must be 1..10, got {labels.min()}..{labels.max()}"
+        )
+    images = np.ascontiguousarray(pixels.transpose(3, 2, 0, 1))  # [H, W, C, N] -> [N, C, H, W]
+    return ImageArrays(images, labels % 10, SVHN_CLASSES)
