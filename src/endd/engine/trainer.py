@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,12 @@ def fit(
     Checkpoints are loaded with ``weights_only=True``: nothing in them can execute code.
     """
     quiet_lightning()
+    # A progress bar redrawn into a log file or CI output is thousands of lines of noise.
+    show_progress = not quiet and sys.stderr.isatty()
     checkpoint_dir = Path(checkpoint_dir)
     resume = checkpoint_dir / CHECKPOINT_NAME
     callbacks: list[Callback] = [AtomicEpochCheckpoint(checkpoint_dir)]
-    if not quiet:
+    if show_progress:
         callbacks.append(_DescribedProgressBar(description))
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -71,7 +74,7 @@ def fit(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=not quiet,
+        enable_progress_bar=show_progress,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=callbacks,

@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
         "devices": 1,
         "precision": "32-true",
         "num_threads": None,  # torch intra-op threads (None = torch's default)
+        "workers": None,  # students trained at once (None: one per core on CPU, else 1)
         "eval_batch_size": 4096,
     },
 }

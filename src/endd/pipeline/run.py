@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from endd.data import load_data
+import torch
+
+from endd.data import DataBundle, load_data
 from endd.errors import RunDirError
 from endd.pipeline.config import resolve_config
 from endd.pipeline.evaluate import evaluate
 from endd.pipeline.run_dir import RunDir, torch_threads
-from endd.pipeline.stages import cache_teacher, distill, student_methods, train_ensemble
+from endd.pipeline.stages import (
+    cache_teacher,
+    distill,
+    is_distilled,
+    student_methods,
+    train_ensemble,
+)
 
 STAGES = ("ensemble", "distill", "evaluate", "report")
 
@@ -64,10 +76,7 @@ def run_stages(
                     f"no trained ensemble in {run.root}; run `endd ensemble {run.root}`"
                 )
             cache_teacher(run, config, data)
-            done = []
-            for method in student_methods(config, data):
-                _say(f"[distill] {method}", quiet)
-                done.append(distill(run, config, data, method, quiet=quiet))
+            done = distill_students(run, config, data, quiet=quiet)
             state = "done" if any(done) else "already done, skipped"
         elif stage == "evaluate":
             if run.metrics.is_file() and not force:
@@ -87,6 +96,62 @@ def run_stages(
                 state = "done"
         _say(f"[{stage}] {state} ({time.perf_counter() - begin:.1f} s)", quiet)
     return run
+
+
+def distill_workers(config: dict[str, Any], pending: int) -> int:
+    """How many students to train at once: one process per core on the CPU (small students
+    barely use a second thread), one at a time on accelerators."""
+    workers = config["trainer"]["workers"]
+    if workers is None:
+        on_cpu = config["trainer"]["accelerator"] == "cpu"
+        workers = (os.cpu_count() or 1) if on_cpu else 1
+    return max(1, min(int(workers), pending))
+
+
+def distill_students(
+    run: RunDir, config: dict[str, Any], data: DataBundle, *, quiet: bool
+) -> list[bool]:
+    """Train every configured student that is not done yet, in parallel processes if useful."""
+    methods = [m for m in student_methods(config, data) if not is_distilled(run, m)]
+    workers = distill_workers(config, len(methods))
+    if workers <= 1:
+        done = []
+        for method in methods:
+            _say(f"[distill] {method}", quiet)
+            done.append(distill(run, config, data, method, quiet=quiet))
+        return done
+    _say(f"[distill] {', '.join(methods)} in {workers} processes", quiet)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = {
+            pool.submit(_distill_worker, str(run.root), method, threads, os.getpid()): method
+            for method in methods
+        }
+        for future in as_completed(futures):
+            future.result()  # re-raises a worker's error here
+            _say(f"[distill] {futures[future]} done", quiet)
+    return [True] * len(methods)
+
+
+def _distill_worker(root: str, method: str, threads: int, parent: int) -> bool:
+    """One student in a worker process. Exits if the parent dies (e.g. SIGKILL), so an orphan
+    never keeps writing checkpoints that a resumed run also writes."""
+    _exit_with_parent(parent)
+    torch.set_num_threads(threads)
+    run = RunDir(Path(root))
+    config = run.read_config()
+    data = load_data(config["data"], config["seed"])
+    return distill(run, config, data, method, quiet=True)
+
+
+def _exit_with_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def run_config(

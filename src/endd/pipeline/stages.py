@@ -132,12 +132,16 @@ def teacher_logits(run: RunDir, split: str) -> torch.Tensor:
     return torch.from_numpy(np.array(artifacts.read_array(path)))
 
 
+def is_distilled(run: RunDir, method: str) -> bool:
+    return (run.student(method) / "model.json").is_file()
+
+
 def distill(
     run: RunDir, config: dict[str, Any], data: DataBundle, method: str, *, quiet: bool
 ) -> bool:
     """Stage 3 for one student method. Returns False if already done."""
     folder = run.student(method)
-    if (folder / "model.json").is_file():
+    if is_distilled(run, method):
         return False
     recipe, section = STUDENTS[method], config["students"]
     if recipe["aux"] and data.x_aux is None:
