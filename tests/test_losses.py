@@ -440,3 +440,41 @@ def test_statistic_helpers_reject_bad_shapes():
         mean_teacher_log_probs(torch.randn(4, 5))
     with pytest.raises(ValueError, match=r"\[B, M, K\]"):
         proxy_dirichlet_target(torch.randn(4, 3, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU fast paths (private helpers): same results as torch's kernels
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fast_float32_digamma_matches_float64_digamma():
+    from endd.losses._ops import digamma
+
+    x = torch.cat([torch.logspace(-34, 26, 2000), torch.linspace(0.01, 20, 2000)])
+    exact = torch.digamma(x.double())
+    error = (digamma(x).double() - exact).abs() / exact.abs().clamp_min(1.0)
+    assert error.max().item() < 2e-6
+    torch.testing.assert_close(digamma(x.double()), exact)  # float64: torch's own digamma
+
+
+@pytest.mark.parametrize("classes", [2, 10, 31, 32, 100])
+def test_softmax_paths_match_torch(classes):
+    from endd.losses._ops import log_softmax, softmax
+
+    logits = (torch.randn(7, 3, classes, dtype=torch.float64) * 20).requires_grad_(True)
+    logits.data[0, 0, 0] = -float("inf")  # a zero probability
+    torch.testing.assert_close(softmax(logits), torch.softmax(logits, dim=-1))
+    torch.testing.assert_close(log_softmax(logits), torch.log_softmax(logits, dim=-1))
+    finite = logits.detach()[1:].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: log_softmax(x).sin().sum(), (finite,))
+    assert torch.autograd.gradcheck(lambda x: softmax(x).sin().sum(), (finite,))
+
+
+def test_float32_endd_gradient_matches_float64():
+    student, teacher = _random_logits(28, 64, 10, 100)
+    gradients = []
+    for dtype in (torch.float32, torch.float64):
+        logits = student.detach().to(dtype).requires_grad_(True)
+        endd_loss(logits, teacher.to(dtype), temperature=2.0, smoothing=1e-3).backward()
+        gradients.append(logits.grad.double())
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)

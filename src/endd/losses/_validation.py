@@ -1,8 +1,7 @@
-"""Argument checks and small numeric helpers shared by the distillation losses (private)."""
+"""Argument checks shared by the distillation losses (private)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from numbers import Real
 
@@ -76,28 +75,9 @@ def check_positive(name: str, value: float) -> float:
     return number
 
 
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (16-bit inputs are upcast)."""
-    if any(tensor.dtype == torch.float64 for tensor in tensors):
-        return torch.float64
-    return torch.float32
-
-
 def _as_float(name: str, value: float) -> float:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{name} must be a real number, got {type(value).__name__}")
     return float(value)
-
-
-def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
-    """A context that switches autocast off, so the losses run in the dtype they choose.
-
-    Under ``torch.autocast`` matmul-like ops would silently drop to bf16/fp16; the losses need
-    float32 at least for lgamma/digamma and log-probabilities.
-    """
-    try:
-        return torch.autocast(device_type=device_type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know: nothing to switch off
-        return contextlib.nullcontext()

@@ -15,12 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from endd.losses._validation import (
-    autocast_disabled,
-    check_logit_shapes,
-    check_temperature,
-    compute_dtype,
-)
+from endd.losses._ops import autocast_disabled, compute_dtype, log_softmax, softmax
+from endd.losses._validation import check_logit_shapes, check_temperature
 
 __all__ = ["end_loss"]
 
@@ -60,8 +56,8 @@ def end_loss(
         if temperature != 1.0:
             student = student / temperature
             teacher = teacher / temperature
-        student_log_probs = torch.log_softmax(student, dim=-1)
-        mean_teacher_probs = torch.softmax(teacher, dim=-1).mean(dim=1)
+        student_log_probs = log_softmax(student)
+        mean_teacher_probs = softmax(teacher).mean(dim=1)
         # kl_div treats 0 · ln 0 as 0 and "batchmean" divides the summed KL by B.
         kl = F.kl_div(student_log_probs, mean_teacher_probs, reduction="batchmean")
         return kl * (temperature * temperature)

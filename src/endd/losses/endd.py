@@ -18,13 +18,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from endd.losses._validation import (
-    autocast_disabled,
-    check_logit_shapes,
-    check_smoothing,
-    check_temperature,
-    compute_dtype,
-)
+from endd.losses._ops import autocast_disabled, compute_dtype, digamma, teacher_log_probs
+from endd.losses._validation import check_logit_shapes, check_smoothing, check_temperature
 
 __all__ = ["endd_loss", "endd_loss_from_mean_log_probs", "mean_teacher_log_probs"]
 
@@ -162,31 +157,10 @@ def mean_teacher_log_probs(
     )
 
 
-def _teacher_log_probs(
-    teacher_logits: torch.Tensor, temperature: float, smoothing: float, dtype: torch.dtype
-) -> torch.Tensor:
-    """ln π_mc of the heated, smoothed members, [B, M, K] (no argument checks; shared helper).
-
-    When ``teacher_logits`` needs no gradient the work is done in place on fresh buffers.
-    """
-    with autocast_disabled(teacher_logits.device.type):
-        logits = teacher_logits.to(dtype)
-        if temperature != 1.0:
-            logits = logits / temperature
-        if smoothing == 0.0:
-            return torch.log_softmax(logits, dim=-1)
-        num_classes = logits.shape[-1]
-        # (1 − ε)π + ε/K ≥ ε/K, so its logarithm never meets log(0), whatever the logits.
-        probs = torch.softmax(logits, dim=-1)
-        if probs.requires_grad:
-            return torch.log(probs * (1.0 - smoothing) + smoothing / num_classes)
-        return probs.mul_(1.0 - smoothing).add_(smoothing / num_classes).log_()
-
-
 def _mean_teacher_log_probs(
     teacher_logits: torch.Tensor, temperature: float, smoothing: float, dtype: torch.dtype
 ) -> torch.Tensor:
-    return _teacher_log_probs(teacher_logits, temperature, smoothing, dtype).mean(dim=1)
+    return teacher_log_probs(teacher_logits, temperature, smoothing, dtype).mean(dim=1)
 
 
 def _endd_from_statistic(
@@ -201,8 +175,9 @@ class _DirichletNLL(torch.autograd.Function):
     """T² · mean_b [Σ lnΓ(α) − lnΓ(α₀) − Σ (α − 1) m] with α = exp(z / T), and its gradient.
 
     Hand-written backward: ∂/∂z_c = (T / B) · α_c (ψ(α_c) − ψ(α₀) − m_c) and
-    ∂/∂m_c = −(T² / B)(α_c − 1). Autograd through the forward would build ~25 graph nodes and
-    evaluate the same two digammas; this keeps the step to a handful of fused tensor ops.
+    ∂/∂m_c = −(T² / B)(α_c − 1). Autograd through the forward would record a dozen graph nodes
+    and replay them; this backward is five tensor ops plus the two digammas, and on CPU in
+    float32 uses the fast digamma of ``_ops`` (torch's is a scalar loop there).
     """
 
     @staticmethod
@@ -214,9 +189,9 @@ class _DirichletNLL(torch.autograd.Function):
         log_alphas = student_logits / temperature if temperature != 1.0 else student_logits
         alphas = log_alphas.clamp(low, high).exp_()
         precision = alphas.sum(dim=-1)
-        # Σ_c [lnΓ(α_c) − α_c m_c] + Σ_c m_c − lnΓ(α₀), summed over the batch.
-        per_class = torch.lgamma(alphas).addcmul_(alphas, mean_log_probs, value=-1.0)
-        total = per_class.sum() + mean_log_probs.sum() - torch.lgamma(precision).sum()
+        # Σ_c [lnΓ(α_c) − (α_c − 1) m_c] − lnΓ(α₀), summed over the batch.
+        per_class = torch.lgamma(alphas).addcmul_(alphas - 1.0, mean_log_probs, value=-1.0)
+        total = per_class.sum() - torch.lgamma(precision).sum()
         ctx.save_for_backward(alphas, precision, mean_log_probs)
         ctx.temperature = temperature
         ctx.batch_size = batch_size
@@ -230,9 +205,9 @@ class _DirichletNLL(torch.autograd.Function):
         grad_logits = grad_mean_log_probs = None
         if ctx.needs_input_grad[0]:
             grad_logits = (
-                torch.digamma(alphas)
+                digamma(alphas)
                 .sub_(mean_log_probs)
-                .sub_(torch.digamma(precision).unsqueeze(-1))
+                .sub_(digamma(precision).unsqueeze(-1))
                 .mul_(alphas)
                 .mul_(grad_output * (temperature / batch_size))
             )

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import torch
 
+from endd.losses._ops import autocast_disabled, compute_dtype, teacher_log_probs
 from endd.losses._validation import (
-    autocast_disabled,
     check_logit_shapes,
     check_positive,
     check_smoothing,
     check_temperature,
-    compute_dtype,
 )
-from endd.losses.endd import _teacher_log_probs
 
 __all__ = ["DEFAULT_MAX_PRECISION", "dirichlet_kl", "proxy_dirichlet_target", "proxy_loss"]
 
@@ -175,7 +173,7 @@ def _proxy_target(
 ) -> torch.Tensor:
     num_classes = teacher_logits.shape[-1]
     with autocast_disabled(teacher_logits.device.type):
-        log_probs = _teacher_log_probs(teacher_logits.detach(), temperature, smoothing, dtype)
+        log_probs = teacher_log_probs(teacher_logits.detach(), temperature, smoothing, dtype)
         mean_log_probs = log_probs.mean(dim=1)  # [B, K]
         mean_probs = log_probs.exp_().mean(dim=1)  # [B, K]
         # Σ_c p̄_c (ln p̄_c − mean_m ln π_mc): every term is ≥ 0 (Jensen), 0 · anything = 0.

@@ -7,8 +7,8 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
