@@ -19,10 +19,12 @@ Numerical notes:
   ``epkl`` is ``+inf`` when one member gives zero probability to a class another member supports,
   because that KL divergence is infinite.
 - ``knowledge`` (and ``epkl``) are non-negative in exact arithmetic; the tiny negative values that
-  rounding can produce are clamped to 0. ``knowledge`` is computed from differences that avoid
-  cancellation (mean KL of each member from the mean for an ensemble; a series for
-  ψ(x + 1) − ln x for a Dirichlet), so it stays accurate in float32 even when it is small next to
-  ``total``; ``total = data + knowledge`` then holds up to rounding.
+  rounding can produce are clamped to 0, and ``total = data + knowledge`` holds up to rounding.
+- Cancellation is avoided where it bites: the Dirichlet mutual information is computed as
+  Σ_c p̂_c g(α_c) − g(α₀) with g(x) = ψ(x + 1) − ln x (a series for large x) and the differential
+  entropy with the Stirling terms cancelled on paper, so both keep float32 accuracy for α₀ up to
+  10⁶ and beyond. The ensemble mutual information is the mean KL of each member from the mean;
+  in float32 its absolute error is ~1e-7 nats, so values below ~1e-5 carry few correct digits.
 
 References:
     Malinin, Mlodozeniec & Gales, "Ensemble Distribution Distillation", ICLR 2020,
