@@ -465,9 +465,9 @@ def test_softmax_paths_match_torch(classes):
     logits.data[0, 0, 0] = -float("inf")  # a zero probability
     torch.testing.assert_close(softmax(logits), torch.softmax(logits, dim=-1))
     torch.testing.assert_close(log_softmax(logits), torch.log_softmax(logits, dim=-1))
-    finite = logits.detach()[1:].clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: log_softmax(x).sin().sum(), (finite,))
-    assert torch.autograd.gradcheck(lambda x: softmax(x).sin().sum(), (finite,))
+    finite = logits.detach()[1:3, :2].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: log_softmax(x).sin(), (finite,), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x: softmax(x).sin(), (finite,), fast_mode=True)
 
 
 def test_float32_endd_gradient_matches_float64():
@@ -478,3 +478,13 @@ def test_float32_endd_gradient_matches_float64():
         endd_loss(logits, teacher.to(dtype), temperature=2.0, smoothing=1e-3).backward()
         gradients.append(logits.grad.double())
     torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_function", [endd_loss, end_loss, proxy_loss])
+def test_cpu_chunking_of_the_teacher_gives_the_same_loss(loss_function, monkeypatch):
+    import endd.losses._ops
+
+    student, teacher = _random_logits(29, 37, 4, 6)
+    whole = loss_function(student, teacher, temperature=2.0)
+    monkeypatch.setattr(endd.losses._ops, "_CPU_CHUNK_ELEMENTS", 5 * 4 * 6)  # 5 rows per chunk
+    torch.testing.assert_close(loss_function(student, teacher, temperature=2.0), whole)

@@ -15,7 +15,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from endd.losses._ops import autocast_disabled, compute_dtype, log_softmax, softmax
+from endd.losses._ops import (
+    autocast_disabled,
+    compute_dtype,
+    log_softmax,
+    reduce_teacher_in_chunks,
+    softmax,
+)
 from endd.losses._validation import check_logit_shapes, check_temperature
 
 __all__ = ["end_loss"]
@@ -52,12 +58,17 @@ def end_loss(
     dtype = compute_dtype(student_logits, teacher_logits)
     with autocast_disabled(student_logits.device.type):
         student = student_logits.to(dtype)
-        teacher = teacher_logits.to(dtype)
         if temperature != 1.0:
             student = student / temperature
-            teacher = teacher / temperature
         student_log_probs = log_softmax(student)
-        mean_teacher_probs = softmax(teacher).mean(dim=1)
+        mean_teacher_probs = reduce_teacher_in_chunks(
+            lambda chunk: softmax(_heated(chunk.to(dtype), temperature)).mean(dim=1),
+            teacher_logits,
+        )
         # kl_div treats 0 · ln 0 as 0 and "batchmean" divides the summed KL by B.
         kl = F.kl_div(student_log_probs, mean_teacher_probs, reduction="batchmean")
         return kl * (temperature * temperature)
+
+
+def _heated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits / temperature if temperature != 1.0 else logits

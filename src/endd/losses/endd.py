@@ -18,7 +18,13 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from endd.losses._ops import autocast_disabled, compute_dtype, digamma, teacher_log_probs
+from endd.losses._ops import (
+    autocast_disabled,
+    compute_dtype,
+    digamma,
+    reduce_teacher_in_chunks,
+    teacher_log_probs,
+)
 from endd.losses._validation import check_logit_shapes, check_smoothing, check_temperature
 
 __all__ = ["endd_loss", "endd_loss_from_mean_log_probs", "mean_teacher_log_probs"]
@@ -160,7 +166,10 @@ def mean_teacher_log_probs(
 def _mean_teacher_log_probs(
     teacher_logits: torch.Tensor, temperature: float, smoothing: float, dtype: torch.dtype
 ) -> torch.Tensor:
-    return teacher_log_probs(teacher_logits, temperature, smoothing, dtype).mean(dim=1)
+    return reduce_teacher_in_chunks(
+        lambda chunk: teacher_log_probs(chunk, temperature, smoothing, dtype).mean(dim=1),
+        teacher_logits,
+    )
 
 
 def _endd_from_statistic(

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from endd.losses._ops import autocast_disabled, compute_dtype, teacher_log_probs
+from endd.losses._ops import (
+    autocast_disabled,
+    compute_dtype,
+    reduce_teacher_in_chunks,
+    teacher_log_probs,
+)
 from endd.losses._validation import (
     check_logit_shapes,
     check_positive,
@@ -172,9 +177,22 @@ def _proxy_target(
     max_precision: float,
     dtype: torch.dtype,
 ) -> torch.Tensor:
+    return reduce_teacher_in_chunks(
+        lambda chunk: _proxy_target_rows(chunk, temperature, smoothing, max_precision, dtype),
+        teacher_logits.detach(),
+    )
+
+
+def _proxy_target_rows(
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    smoothing: float,
+    max_precision: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     num_classes = teacher_logits.shape[-1]
     with autocast_disabled(teacher_logits.device.type):
-        log_probs = teacher_log_probs(teacher_logits.detach(), temperature, smoothing, dtype)
+        log_probs = teacher_log_probs(teacher_logits, temperature, smoothing, dtype)
         mean_log_probs = log_probs.mean(dim=1)  # [B, K]
         mean_probs = log_probs.exp_().mean(dim=1)  # [B, K]
         # Σ_c p̄_c (ln p̄_c − mean_m ln π_mc): every term is ≥ 0 (Jensen), 0 · anything = 0.
