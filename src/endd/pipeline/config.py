@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
         "train_size": None,  # images: subsample the training set (None = all)
         "test_size": None,
         "augment": False,  # images: random crop + horizontal flip on training batches
+        "channels": None,  # images: convert to 1 (grey) or 3 (RGB) channels (None = native)
+        "size": None,  # images: resize to this side in pixels (None = native)
     },
     "model": {"backbone": "mlp", "hidden": [100, 100], "width": None},
     "ensemble": {
@@ -229,11 +231,26 @@ def validate_config(config: dict[str, Any]) -> None:
         isinstance(ood, list) and all(isinstance(name, str) for name in ood),
         "config key 'data.ood' must be a list of names",
     )
+    for key in ("data.train_size", "data.test_size", "data.size"):
+        if get(config, key) is not None:
+            _positive_int(config, key)
+    _require(
+        config["data"]["channels"] in (None, 1, 3),
+        f"config key 'data.channels' must be 1, 3 or null, got {config['data']['channels']!r}",
+    )
+    _require(
+        isinstance(config["data"]["augment"], bool),
+        f"config key 'data.augment' must be true or false, got {config['data']['augment']!r}",
+    )
     _require(
         config["data"]["aux"] not in ood,
         f"the auxiliary set '{config['data']['aux']}' is also an OOD evaluation set: "
         "evaluating OOD detection on the data used for distillation would be optimistic",
     )
+    from endd.data.image_bundle import IN_DOMAIN_DATASETS, check_image_data
+
+    if config["data"]["name"] in IN_DOMAIN_DATASETS:
+        check_image_data(config["data"])  # OOD/aux names, and sets sharing a source
 
 
 def dump_config(config: Mapping[str, Any]) -> str:

@@ -52,11 +52,12 @@ def _spec(config: dict[str, Any], data: DataBundle, **extra: Any) -> dict[str, A
 
 
 def _augment(config: dict[str, Any]):
-    if not config["data"]["augment"]:
-        return None
-    from endd.data.augment import random_crop_flip
+    """Crop + flip seeded per batch from (run seed, batch pixels): the batches are a function of
+    (seed, epoch, batch index), so a killed and resumed run augments exactly like an uninterrupted
+    one (torch's global generator is not in the checkpoints). See BatchSeededCropFlip."""
+    from endd.data.image_bundle import training_augmentation
 
-    return random_crop_flip
+    return training_augmentation(config["data"], config["seed"])
 
 
 def _build(config: dict[str, Any], data: DataBundle, *, members: int, seed: int) -> torch.nn.Module:
@@ -150,20 +151,18 @@ def distill(
     seed = config["seed"] + STUDENT_SEED_OFFSET
     L.seed_everything(seed, verbose=False)
     network = _build(config, data, members=1, seed=seed)
-    inputs = data.x_train
     online = section["teacher"] == "online"
-    tensors: tuple[torch.Tensor, ...]
-    if recipe["aux"]:
-        inputs = torch.cat([data.x_train, data.x_aux])
+    # +AUX students see, in every batch, batch_size training inputs plus an equal share of the
+    # auxiliary set: one epoch passes once over each, in as many steps as the plain students.
+    extra: tuple[torch.Tensor, ...] | None = None
     if online:
-        tensors = (inputs,)
+        tensors: tuple[torch.Tensor, ...] = (data.x_train,)
+        extra = (data.x_aux,) if recipe["aux"] else None
         teacher = load_model(run.ensemble).network
     else:
-        targets = teacher_logits(run, "train")
-        if recipe["aux"]:
-            targets = torch.cat([targets, teacher_logits(run, "aux")])
-        tensors, teacher = (inputs, targets), None
-    loader = batch_loader(*tensors, batch_size=section["batch_size"], seed=seed)
+        tensors, teacher = (data.x_train, teacher_logits(run, "train")), None
+        extra = (data.x_aux, teacher_logits(run, "aux")) if recipe["aux"] else None
+    loader = batch_loader(*tensors, batch_size=section["batch_size"], seed=seed, extra=extra)
     total_steps = section["epochs"] * len(loader)
     if recipe["loss"] == "end":
         temperature = section["end_temperature"]
