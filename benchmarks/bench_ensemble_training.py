@@ -10,7 +10,8 @@ each with batch 128 and Adam. *Sequential* trains member 1 for N steps, then mem
 :class:`endd.models.BatchedEnsemble` for N steps, with the cross-entropy summed over members;
 "shared batch" feeds every member the same batch, "own batches" a different batch per member
 (``per_member_inputs=True``), as when each member shuffles the data itself. Every variant runs
-``--repeats`` times, interleaved, and the table shows the median.
+``--rounds`` times, interleaved with the others, after one warm-up run; the table shows the
+median and the best round (the CPU is shared, and the best round is the least disturbed one).
 
 Run from the repository root::
 
@@ -37,7 +38,6 @@ import torch.nn.functional as F
 from endd.models import build_model
 
 MEMBERS = 10
-BATCH = 128
 
 
 def cpu_name() -> str:
@@ -66,9 +66,11 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
 
 
-def batches(generator: torch.Generator, size: int, steps: int, count: int) -> torch.Tensor:
-    """``[steps, count, BATCH]`` random example indices (``count`` independent batches a step)."""
-    return torch.randint(0, size, (steps, count, BATCH), generator=generator)
+def batches(
+    generator: torch.Generator, size: int, steps: int, count: int, batch: int
+) -> torch.Tensor:
+    """``[steps, count, batch]`` random example indices (``count`` independent batches a step)."""
+    return torch.randint(0, size, (steps, count, batch), generator=generator)
 
 
 def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -115,7 +117,7 @@ def batched_run(build: Callable, x, y, indices, own_batches: bool) -> Callable[[
     return run
 
 
-def workload(name: str, model: str, x, y, steps: int, options: dict) -> dict[str, Callable]:
+def workload(model: str, x, y, steps: int, batch: int, options: dict) -> dict[str, Callable]:
     classes = int(y.max()) + 1
     input_shape = tuple(x.shape[1:])
 
@@ -130,8 +132,8 @@ def workload(name: str, model: str, x, y, steps: int, options: dict) -> dict[str
         )
 
     generator = torch.Generator().manual_seed(0)
-    shared = batches(generator, len(x), steps, 1)
-    own = batches(generator, len(x), steps, MEMBERS)
+    shared = batches(generator, len(x), steps, 1, batch)
+    own = batches(generator, len(x), steps, MEMBERS, batch)
     return {
         "sequential": sequential_run(build, x, y, own),
         "batched, shared batch": batched_run(build, x, y, shared, own_batches=False),
@@ -139,24 +141,29 @@ def workload(name: str, model: str, x, y, steps: int, options: dict) -> dict[str
     }
 
 
-def time_variants(variants: dict[str, Callable], repeats: int) -> dict[str, float]:
+def time_variants(variants: dict[str, Callable], rounds: int) -> dict[str, list[float]]:
+    """Seconds per run of each variant, over ``rounds`` interleaved rounds after a warm-up."""
     for run in variants.values():  # warm-up: allocator, oneDNN kernel selection
         run()
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, run in variants.items():
             start = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mlp-steps", type=int, default=200, help="training steps per member")
-    parser.add_argument("--cnn-steps", type=int, default=6, help="training steps per member")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median)")
+    parser.add_argument("--mlp-steps", type=int, default=200, help="MLP steps per member and run")
+    parser.add_argument("--cnn-steps", type=int, default=4, help="CNN steps per member and run")
+    parser.add_argument("--batch", type=int, default=128, help="examples per member and step")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timed runs per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--only", choices=("mlp", "cnn"), default=None, help="run one workload (default: both)"
+    )
     parser.add_argument(
         "--glibc-default",
         action="store_true",
@@ -168,42 +175,52 @@ def main(argv: list[str] | None = None) -> None:
     tuned = False if args.glibc_default else keep_freed_memory()
     torch.manual_seed(0)
 
-    points = torch.randn(3000, 2)
-    point_labels = torch.randint(0, 3, (3000,))
-    images = torch.randn(3000, 1, 28, 28)
-    image_labels = torch.randint(0, 10, (3000,))
-    workloads = {
-        f"(a) {MEMBERS}× MLP 2-100-100-3, {args.mlp_steps} steps": workload(
-            "mlp", "mlp", points, point_labels, args.mlp_steps, {"hidden": (100, 100)}
-        ),
-        f"(b) {MEMBERS}× small CNN 28×28, {args.cnn_steps} steps": workload(
-            "cnn", "small_cnn", images, image_labels, args.cnn_steps, {}
-        ),
-    }
+    workloads: dict[str, tuple[int, dict[str, Callable]]] = {}
+    if args.only in (None, "mlp"):
+        points, labels = torch.randn(3000, 2), torch.randint(0, 3, (3000,))
+        name = f"(a) {MEMBERS}× MLP 2-100-100-3, 3000 points"
+        variants = workload(
+            "mlp", points, labels, args.mlp_steps, args.batch, {"hidden": (100, 100)}
+        )
+        workloads[name] = (args.mlp_steps, variants)
+    if args.only in (None, "cnn"):
+        images, labels = torch.randn(3000, 1, 28, 28), torch.randint(0, 10, (3000,))
+        name = f"(b) {MEMBERS}× small CNN, 28×28"
+        workloads[name] = (
+            args.cnn_steps,
+            workload("small_cnn", images, labels, args.cnn_steps, args.batch, {}),
+        )
 
     load_before = os.getloadavg()
-    results = {name: time_variants(variants, args.repeats) for name, variants in workloads.items()}
+    results = {
+        name: time_variants(variants, args.rounds) for name, (_, variants) in workloads.items()
+    }
     load_after = os.getloadavg()
 
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), python {sys.version.split()[0]}, "
-        f"malloc: {'glibc, freed memory kept (M_MMAP_MAX=0)' if tuned else 'glibc default'}"
+        f"({torch.get_num_threads()} threads), python {sys.version.split()[0]}; "
+        f"malloc: {'glibc keeping freed memory (M_MMAP_MAX=0)' if tuned else 'glibc default'}"
     )
     print(
-        "load average (1 min) before/after: "
-        f"{load_before[0]:.2f} / {load_after[0]:.2f}; median of {args.repeats} runs\n"
+        f"batch {args.batch} per member, {args.rounds} interleaved rounds after a warm-up; "
+        f"1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
     )
-    print("| workload | variant | ms per step (all members) | images/s | speed-up |")
-    print("|---|---|---:|---:|---:|")
+    print(
+        "| workload | variant | ms/step median | ms/step best | examples/s (median) "
+        "| speed-up median | speed-up best |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, timings in results.items():
-        steps = args.mlp_steps if "MLP" in name else args.cnn_steps
+        steps = workloads[name][0]
+        sequential_median = statistics.median(timings["sequential"])
+        sequential_best = min(timings["sequential"])
         for variant, seconds in timings.items():
-            per_step = seconds / steps
+            median, best = statistics.median(seconds), min(seconds)
             print(
-                f"| {name} | {variant} | {per_step * 1e3:.2f} | "
-                f"{MEMBERS * BATCH / per_step:,.0f} | "
-                f"{timings['sequential'] / seconds:.2f}× |"
+                f"| {name} | {variant} | {median / steps * 1e3:.2f} | {best / steps * 1e3:.2f} | "
+                f"{MEMBERS * args.batch * steps / median:,.0f} | "
+                f"{sequential_median / median:.2f}× | {sequential_best / best:.2f}× |"
             )
 
 

@@ -84,6 +84,8 @@ def test_channels_last_only_changes_the_activation_layout():
     )
     torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-5)
     assert all(p.is_contiguous() for p in fast.parameters())
+    assert fast.state_dict().keys() == plain.state_dict().keys()  # checkpoints interchange
+    assert fast.features(x).is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize(

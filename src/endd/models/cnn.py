@@ -21,12 +21,25 @@ def image_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:
 class ToChannelsLast(nn.Module):
     """Store activations channels-last (NHWC), which the CPU kernels run about twice as fast.
 
-    Parameter-free and channel-order preserving, so it batches like any activation. The layout of
-    the parameters is untouched (they stay contiguous and savable with safetensors).
+    The backbones place one before and one after their first convolution: a convolution keeps
+    the layout of its input, except that a one-channel input is ambiguous and gives NCHW. A no-op
+    when ``enabled`` is false, so that the state-dict keys do not depend on the choice. Parameter-
+    free and channel-order preserving, so it batches like any activation; the parameters stay
+    contiguous (savable with safetensors).
+
+    Args:
+        enabled: Whether to convert (otherwise the input is returned as is).
     """
 
+    def __init__(self, enabled: bool = True):
+        super().__init__()
+        self.enabled = enabled
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last) if self.enabled else x
+
+    def extra_repr(self) -> str:
+        return f"enabled={self.enabled}"
 
 
 class SmallCNN(nn.Module):
@@ -70,12 +83,12 @@ class SmallCNN(nn.Module):
             raise ValueError(f"hidden must be >= 1, got {hidden}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [ToChannelsLast(channels_last)]
         previous = in_channels
         for index, out_channels in enumerate(channels):
             layers.append(nn.Conv2d(previous, out_channels, 3, padding=1, bias=not batch_norm))
-            if index == 0 and channels_last:
-                layers.append(ToChannelsLast())
+            if index == 0:
+                layers.append(ToChannelsLast(channels_last))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
             layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]

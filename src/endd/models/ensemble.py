@@ -61,8 +61,10 @@ class BatchedEnsemble(nn.Module):
     replaced by its batched counterpart holding all M members' weights; parameter-free modules
     (activations, pooling, dropout, flatten) and the members' ``forward`` code are reused as they
     are. The member architecture must therefore be *batch-safe*: flatten with ``flatten(1)``, never
-    hard-code a channel count in ``view``/``reshape``, and keep all parameters in those four layer
-    types. The backbones of :mod:`endd.models` are.
+    hard-code a channel count in ``view``/``reshape``, reduce over no dimension but the spatial
+    ones (fully connected activations are ``[M, B, F]`` inside), and keep all parameters in those
+    four layer types. The backbones of :mod:`endd.models` are; a forward that breaks the output
+    shape raises ``RuntimeError``.
 
     Args:
         members: M >= 2 networks with identical structure and shapes (their weights are copied;
@@ -130,12 +132,12 @@ class BatchedEnsemble(nn.Module):
                 # slow NCHW backward on CPU (7.8 s versus 0.2 s channels-last, 10 groups of 1→32).
                 x = x.contiguous(memory_format=torch.channels_last)
         logits = self.network(x)
-        if logits.dim() != 3 or logits.shape[:2] != (x.shape[0], self.num_members):
+        if logits.dim() != 3 or logits.shape[:2] != (self.num_members, x.shape[0]):
             raise RuntimeError(
                 f"batched network returned {list(logits.shape)}, expected "
-                f"[{x.shape[0]}, {self.num_members}, K]: the member architecture is not batch-safe"
+                f"[{self.num_members}, {x.shape[0]}, K]: the member architecture is not batch-safe"
             )
-        return logits
+        return logits.transpose(0, 1)
 
     def member(self, index: int) -> nn.Module:
         """Member ``index`` as a standalone network (a copy of its weights, same device/dtype)."""

@@ -6,7 +6,10 @@ every member at once:
 - convolutional activations are ``[B, M·C, H, W]``: member m owns channels ``m·C … (m+1)·C − 1``.
   A convolution over them is one grouped convolution (``groups = M``), and batch norm over the
   ``M·C`` channels is exactly per-member batch norm;
-- fully connected activations are ``[B, M, F]``; a linear layer is one batched matrix product.
+- fully connected activations are ``[M, B, F]`` (contiguous, member first, so that a linear
+  layer is one batched matrix product and element-wise layers see dense memory); the network's
+  logits come out as ``[M, B, K]`` and :class:`~endd.models.ensemble.BatchedEnsemble` returns
+  them as a ``[B, M, K]`` view.
 
 Flattening ``[B, M·C, H, W]`` with ``torch.flatten(x, 1)`` gives ``[B, M·C·H·W]`` in member-major
 order, which a :class:`BatchedLinear` reads as ``[B, M, C·H·W]``, so a backbone written for one
@@ -67,9 +70,8 @@ class BatchedLinear(nn.Module):
 
     Shapes:
         - input: ``[B, F_in]`` (shared by all members), ``[B, M·F_in]`` (member-major, e.g. a
-          flattened batched feature map) or ``[B, M, F_in]``.
-        - output: ``[B, M, F_out]`` (a transposed view of an ``[M, B, F_out]`` buffer, so that the
-          next batched layer needs no copy).
+          flattened batched feature map) or ``[M, B, F_in]`` (the output of a batched layer).
+        - output: ``[M, B, F_out]``, contiguous.
 
     Attributes:
         weight: ``[M, F_out, F_in]``, member m's ``nn.Linear.weight`` at index m.
@@ -120,24 +122,20 @@ class BatchedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         members, width = self.members, self.in_features
         if x.dim() == 2 and x.shape[1] == width:
-            # Shared input: one matrix product against all members' weights side by side.
-            weight = self.weight.reshape(members * self.out_features, width)
-            bias = None if self.bias is None else self.bias.reshape(-1)
-            return F.linear(x, weight, bias).view(x.shape[0], members, self.out_features)
-        if x.dim() == 2 and x.shape[1] == members * width:
-            x = x.view(x.shape[0], members, width)
-        elif not (x.dim() == 3 and x.shape[1] == members and x.shape[2] == width):
+            per_member = x.expand(members, *x.shape)  # shared input: a view, no copy
+        elif x.dim() == 2 and x.shape[1] == members * width:
+            per_member = x.view(x.shape[0], members, width).transpose(0, 1)
+        elif x.dim() == 3 and x.shape[0] == members and x.shape[2] == width:
+            per_member = x
+        else:
             raise ValueError(
                 f"BatchedLinear expects [B, {width}], [B, {members * width}] or "
-                f"[B, {members}, {width}], got {list(x.shape)}"
+                f"[{members}, B, {width}], got {list(x.shape)}"
             )
-        per_member = x.transpose(0, 1)  # [M, B, F_in]
         weight = self.weight.transpose(1, 2)  # [M, F_in, F_out]
         if self.bias is None:
-            out = torch.bmm(per_member, weight)
-        else:
-            out = torch.baddbmm(self.bias.unsqueeze(1), per_member, weight)
-        return out.transpose(0, 1)
+            return torch.bmm(per_member, weight)
+        return torch.baddbmm(self.bias.unsqueeze(1), per_member, weight)
 
     def extra_repr(self) -> str:
         return (
@@ -325,19 +323,16 @@ class BatchedBatchNorm2d(_BatchedBatchNormMixin, nn.BatchNorm2d):
 
 
 class BatchedBatchNorm1d(_BatchedBatchNormMixin, nn.BatchNorm1d):
-    """M independent ``BatchNorm1d`` layers over ``[B, M, F]`` (or ``[B, M·F]``) features.
+    """M independent ``BatchNorm1d`` layers over ``[M, B, F]`` (or ``[B, M·F]``) features.
 
     Parameters and running statistics are ``[M·F]``. Build it with :meth:`from_members`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
-            batch = x.shape[0]
-            return (
-                super()
-                .forward(x.reshape(batch, -1))
-                .view(batch, self.members, self.features_per_member)
-            )
+            members, batch, features = x.shape
+            flat = x.transpose(0, 1).reshape(batch, members * features)
+            return super().forward(flat).view(batch, members, features).transpose(0, 1)
         return super().forward(x)
 
 

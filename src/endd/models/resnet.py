@@ -70,11 +70,13 @@ class ResNet18(nn.Module):
             raise ValueError(f"width must be >= 1, got {width}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        stem: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False)]
-        if channels_last:
-            stem.append(ToChannelsLast())
-        stem += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        self.stem = nn.Sequential(*stem)
+        self.stem = nn.Sequential(
+            ToChannelsLast(channels_last),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            ToChannelsLast(channels_last),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
         stages: list[nn.Module] = []
         previous = width
         for index, multiplier in enumerate((1, 2, 4, 8)):

@@ -57,7 +57,7 @@ class VGG16(nn.Module):
             raise ValueError(f"width must be >= 1, got {width}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [ToChannelsLast(channels_last)]
         previous = in_channels
         for entry in _VGG16_LAYERS:
             if entry == "M":
@@ -65,8 +65,8 @@ class VGG16(nn.Module):
                 continue
             out_channels = entry * width // 64
             layers.append(nn.Conv2d(previous, out_channels, 3, padding=1, bias=False))
-            if channels_last and len(layers) == 1:  # after the first convolution
-                layers.append(ToChannelsLast())
+            if len(layers) == 2:  # after the first convolution
+                layers.append(ToChannelsLast(channels_last))
             layers += [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
             previous = out_channels
         layers.append(nn.AdaptiveAvgPool2d(1))

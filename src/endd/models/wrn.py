@@ -76,10 +76,11 @@ class WideResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         blocks_per_stage = (depth - 4) // 6
-        stem: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)]
-        if channels_last:
-            stem.append(ToChannelsLast())
-        self.stem = nn.Sequential(*stem)
+        self.stem = nn.Sequential(
+            ToChannelsLast(channels_last),
+            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
+            ToChannelsLast(channels_last),
+        )
         stages: list[nn.Module] = []
         previous = 16
         for index, base in enumerate((16, 32, 64)):
