@@ -1,0 +1,55 @@
+"""A run killed with SIGKILL during distillation resumes and ends with the same metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "spiral.yaml"
+
+
+def _command(out: Path, workers: int, tiny: list[str]) -> list[str]:
+    overrides = [o for o in tiny if not o.startswith(("students.epochs", "trainer.workers"))]
+    overrides += [
+        "students.epochs=40",
+        f"trainer.workers={workers}",
+        "students.methods=[endd, proxy]",
+    ]
+    args = [sys.executable, "-m", "endd.cli", "run", str(CONFIG), "--out", str(out), "--quiet"]
+    return args + [f"--set={o}" for o in overrides]
+
+
+def _metrics_without_timing(out: Path) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.pop("timing")
+    return metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_during_distillation_then_resume(tmp_path, workers, tiny_spiral):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_command(reference, workers, tiny_spiral), check=True, timeout=300)
+
+    process = subprocess.Popen(_command(killed, workers, tiny_spiral), start_new_session=True)
+    checkpoint = killed / "students" / "endd" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists():
+        assert process.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline, "no distillation checkpoint appeared"
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few more epochs, so the kill lands mid-training
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "metrics.json").exists()
+    assert not (killed / "students" / "endd" / "model.json").exists()
+
+    subprocess.run(_command(killed, workers, tiny_spiral), check=True, timeout=300)
+    assert _metrics_without_timing(killed) == _metrics_without_timing(reference)
