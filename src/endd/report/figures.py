@@ -94,7 +94,9 @@ def uncertainty_maps(
                 ax.set_title(f"{MEASURE_TITLES[measure]} ({measure})")
             if col == 0:
                 ax.set_ylabel(title(model), fontsize=12)
-        fig.colorbar(mesh, ax=axes[:, col], shrink=0.6, label="nats")
+        fig.colorbar(
+            mesh, ax=axes[:, col], orientation="horizontal", shrink=0.85, aspect=30, label="nats"
+        )
     _save(fig, path)
 
 

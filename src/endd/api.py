@@ -1,0 +1,165 @@
+"""The Python API for notebooks: load a finished run, or train from arrays without writing YAML.
+
+Example:
+    >>> import endd
+    >>> run = endd.distill_arrays(x_train, y_train, x_test=x_test, y_test=y_test,
+    ...                           out="runs/mine", overrides={"students.epochs": 100})
+    >>> out = run.students["endd"].predict(x_new)
+    >>> out["probs"], out["knowledge"]          # [N, K] and [N]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from endd.errors import DataError, RunDirError
+from endd.models.prior import Predictor
+from endd.pipeline import artifacts
+from endd.pipeline.run import run_config
+from endd.pipeline.run_dir import RunDir, load_model
+from endd.pipeline.stages import STUDENTS
+
+
+class Run:
+    """A run directory opened for use: config, metrics and the trained models.
+
+    Attributes:
+        root: the run directory.
+        config: the resolved config (``config.yaml``).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self._dir = RunDir(Path(root))
+        self.root = self._dir.root
+        self.config = self._dir.read_config()
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The contents of ``metrics.json``."""
+        if not self._dir.metrics.is_file():
+            raise RunDirError(
+                f"{self.root} has no metrics.json yet; run `endd evaluate {self.root}`"
+            )
+        return artifacts.read_json(self._dir.metrics)
+
+    @cached_property
+    def ensemble(self) -> Predictor:
+        """The trained ensemble: ``predict(x)`` gives member probabilities and every measure."""
+        return load_model(self._dir.ensemble)
+
+    @cached_property
+    def students(self) -> dict[str, Predictor]:
+        """Every finished student by method name (Prior Networks for the EnD² methods)."""
+        return {
+            method: load_model(self._dir.student(method))
+            for method in STUDENTS
+            if (self._dir.student(method) / "model.json").is_file()
+        }
+
+    def model(self, name: str) -> Predictor:
+        """``"ensemble"`` or a student method name."""
+        if name == "ensemble":
+            return self.ensemble
+        if name not in self.students:
+            raise RunDirError(
+                f"no finished model '{name}' in {self.root}; have {sorted(self.students)}"
+            )
+        return self.students[name]
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.root)!r}, models={['ensemble', *self.students]})"
+
+
+def load_run(root: str | Path) -> Run:
+    """Open a run directory made by ``endd run``/``endd demo`` or :func:`distill_arrays`."""
+    return Run(root)
+
+
+def _nested(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def distill_arrays(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    *,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    x_aux: np.ndarray | None = None,
+    x_ood: Mapping[str, np.ndarray] | None = None,
+    out: str | Path | None = None,
+    methods: Sequence[str] = ("end", "endd", "proxy"),
+    overrides: Mapping[str, Any] | None = None,
+    quiet: bool = True,
+) -> Run:
+    """Train an ensemble on arrays, distill it and evaluate everything; no YAML needed.
+
+    Args:
+        x_train, y_train: features [N, ...] and labels 0..K-1 [N].
+        x_test, y_test: held-out data; if omitted, 20 % of the training data (seeded) is held out.
+        x_aux: unlabelled auxiliary inputs (enables the ``end_aux``/``endd_aux`` methods).
+        x_ood: OOD evaluation sets by name.
+        out: run directory (a new temporary directory if None).
+        methods: student methods to train.
+        overrides: dotted config keys, e.g. ``{"ensemble.members": 5, "students.epochs": 100}``.
+        quiet: no progress output.
+
+    Returns:
+        The finished :class:`Run`.
+    """
+    if (x_test is None) != (y_test is None):
+        raise DataError("give both x_test and y_test, or neither")
+    x_train, y_train = np.asarray(x_train), np.asarray(y_train)
+    if x_test is None:
+        if len(x_train) != len(y_train):
+            raise DataError("x_train and y_train must have the same length")
+        order = np.random.default_rng(0).permutation(len(x_train))
+        held = order[: max(1, len(order) // 5)]
+        kept = order[len(held) :]
+        x_train, y_train, x_test, y_test = (
+            x_train[kept],
+            y_train[kept],
+            x_train[held],
+            y_train[held],
+        )
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="endd-run-"))
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    if x_aux is not None:
+        arrays["x_aux"] = np.asarray(x_aux)
+    for name, x in (x_ood or {}).items():
+        arrays[f"x_ood_{name}"] = np.asarray(x)
+    out.mkdir(parents=True, exist_ok=True)
+    data_file = out / "data.npz"
+    with artifacts.atomic_path(data_file) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+    config = {
+        "name": out.name,
+        "data": {"name": "npz", "path": str(data_file.resolve()), "aux": "x_aux", "ood": []},
+        "students": {"methods": list(methods)},
+    }
+    _merge(config, _nested(overrides or {}))
+    run_config(config, out, quiet=quiet)
+    return Run(out)
