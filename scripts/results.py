@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -151,14 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         all_metrics.append(json.loads(run.metrics.read_text()))
     command = " ".join(["python scripts/results.py", *sys.argv[1:]] if argv is None else argv)
     machine = (
-        f"{_cpu()}, {torch.get_num_threads()} torch threads, {platform.system()} "
+        f"{_cpu()}, {os.cpu_count()} cores, {platform.system()} "
         f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}"
     )
     body = "\n".join(
         [
             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}.",
             f"Machine: {machine}. Seeds: {', '.join(map(str, args.seeds))}; "
-            "cells are mean ± standard deviation over seeds.",
+            "cells are mean ± standard deviation over seeds. `distill` is the sum of the students' "
+            "training times (on the CPU they train in parallel, one per core).",
             "",
             tables(all_metrics),
         ]
