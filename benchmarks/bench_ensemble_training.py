@@ -5,13 +5,15 @@ Times the same training work two ways and prints a table:
 - (a) 10 MLP members 2-100-100-3 on 3000 2-D points (the spiral experiment's size);
 - (b) 10 small-CNN members on 28×28 one-channel random images (Fashion-MNIST's size);
 
-each with batch 128 and Adam. *Sequential* trains member 1 for N steps, then member 2, and so on
-(each member an ``nn.Module`` with its own Adam). *Batched* trains all members at once as one
-:class:`endd.models.BatchedEnsemble` for N steps, with the cross-entropy summed over members;
-"shared batch" feeds every member the same batch, "own batches" a different batch per member
-(``per_member_inputs=True``), as when each member shuffles the data itself. Every variant runs
-``--rounds`` times, interleaved with the others, after one warm-up run; the table shows the
-median and the best round (the CPU is shared, and the best round is the least disturbed one).
+each with batch 128 and Adam (fused, as the engine uses it). *Sequential* trains member 1 for N
+steps, then member 2, and so on (each member an ``nn.Module`` with its own Adam). *Batched* trains
+all members at once as one :class:`endd.models.BatchedEnsemble` for N steps, with the
+cross-entropy summed over members; "shared batch" feeds every member the same batch, "own
+batches" a different batch per member (``per_member_inputs=True``), as when each member shuffles
+the data itself. Every variant runs ``--rounds`` times, interleaved with the others, after one
+warm-up run; the table shows the median and the best round (the CPU is shared, and the best
+round is the least disturbed one). glibc is told to keep freed memory unless
+``--glibc-default`` (see :mod:`endd.models.allocator`).
 
 Run from the repository root::
 
@@ -23,8 +25,6 @@ The CPU is shared: check ``uptime`` first; the load average is printed with the 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import os
 import platform
 import statistics
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from endd.models import build_model
+from endd.models.allocator import keep_freed_memory
 
 MEMBERS = 10
 
@@ -49,21 +50,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory instead of unmapping it (``M_MMAP_MAX = 0``).
-
-    A batched ensemble's activations are M times larger than one member's; glibc serves such
-    blocks with ``mmap`` and returns them on free, so every step page-faults them in again. With
-    this setting the batched CNN step ran ~1.8× faster here; the sequential one barely changed.
-    """
-    libc_name = ctypes.util.find_library("c")
-    if platform.system() != "Linux" or libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name)
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
 
 
 def batches(
@@ -82,9 +68,18 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1)) * members
 
 
+def adam(parameters) -> torch.optim.Optimizer:
+    """Adam as the engine makes it: the fused kernel where the device has one."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=1e-3, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(parameters, lr=1e-3)
+
+
 def sequential_run(build: Callable, x, y, indices) -> Callable[[], None]:
     members = [build(seed=member) for member in range(MEMBERS)]
-    optimisers = [torch.optim.Adam(member.parameters(), lr=1e-3) for member in members]
+    optimisers = [adam(member.parameters()) for member in members]
 
     def run() -> None:
         for index, (member, optimiser) in enumerate(zip(members, optimisers, strict=True)):
@@ -99,7 +94,7 @@ def sequential_run(build: Callable, x, y, indices) -> Callable[[], None]:
 
 def batched_run(build: Callable, x, y, indices, own_batches: bool) -> Callable[[], None]:
     ensemble = build(seed=0, members=MEMBERS)
-    optimiser = torch.optim.Adam(ensemble.parameters(), lr=1e-3)
+    optimiser = adam(ensemble.parameters())
 
     def run() -> None:
         for step in range(indices.shape[0]):
@@ -167,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--glibc-default",
         action="store_true",
-        help="leave glibc's malloc as is (default: keep freed memory, see keep_freed_memory)",
+        help="leave glibc's malloc as is (default: endd.models.allocator.keep_freed_memory)",
     )
     args = parser.parse_args(argv)
     if args.threads:

@@ -1,0 +1,48 @@
+"""CPU allocator setting that batched convolutional ensembles need to pay off.
+
+A batched ensemble's activations are M times larger than one member's (128 MB instead of 13 MB
+for the first feature map of 10 small CNNs at batch 128). glibc serves blocks that large with
+``mmap`` and unmaps them on free, so every training step page-faults its activations in afresh:
+measured here, the batched 10-member small-CNN step took 0.54× the speed of training the members
+one after another with glibc's defaults and 0.96–1.09× with freed memory kept (sequential
+training barely changed). Call :func:`keep_freed_memory` once at process start-up on CPU runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+
+__all__ = ["keep_freed_memory"]
+
+# mallopt parameter numbers from glibc's <malloc.h>.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    Sets ``M_MMAP_MAX = 0`` (large blocks come from the heap, not from fresh ``mmap`` pages) and
+    ``M_TRIM_THRESHOLD = trim_threshold`` (up to that much free heap is kept). The process's
+    resident memory then stays at its peak; the same effect as starting Python with
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824``. Process-wide and not undone.
+
+    Args:
+        trim_threshold: Bytes of free memory at the top of the heap to keep.
+
+    Returns:
+        True if the setting was applied (Linux with glibc), False otherwise (a no-op).
+    """
+    if trim_threshold < 0:
+        raise ValueError(f"trim_threshold must be >= 0, got {trim_threshold}")
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1))
+    )
