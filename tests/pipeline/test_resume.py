@@ -16,9 +16,11 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "spiral.yaml"
 
 
 def _command(out: Path, workers: int, tiny: list[str]) -> list[str]:
-    overrides = [o for o in tiny if not o.startswith(("students.epochs", "trainer.workers"))]
+    replaced = ("students.epochs", "students.batch_size", "trainer.workers")
+    overrides = [o for o in tiny if not o.startswith(replaced)]
     overrides += [
-        "students.epochs=40",
+        "students.epochs=100",
+        "students.batch_size=16",
         f"trainer.workers={workers}",
         "students.methods=[endd, proxy]",
     ]
@@ -44,8 +46,7 @@ def test_sigkill_during_distillation_then_resume(tmp_path, workers, tiny_spiral)
     while not checkpoint.exists():
         assert process.poll() is None, "the run finished before it could be killed"
         assert time.monotonic() < deadline, "no distillation checkpoint appeared"
-        time.sleep(0.05)
-    time.sleep(0.3)  # a few more epochs, so the kill lands mid-training
+        time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "metrics.json").exists()

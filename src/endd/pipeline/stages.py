@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from endd.data import DataBundle
 from endd.engine import EnsembleModule, StudentModule, batch_loader, fit, predict_in_batches
@@ -71,6 +73,50 @@ def _build(config: dict[str, Any], data: DataBundle, *, members: int, seed: int)
     )
 
 
+def _fit_and_save(
+    folder: Path,
+    module: EnsembleModule | StudentModule,
+    loader: DataLoader,
+    config: dict[str, Any],
+    section: dict[str, Any],
+    data: DataBundle,
+    *,
+    quiet: bool,
+    start: float,
+    description: str,
+    kind: str,
+    **spec: Any,
+) -> None:
+    """Train with per-epoch checkpoints in ``folder/checkpoints``, then save the model with its
+    sidecar and drop the checkpoints (the finished model supersedes them)."""
+    checkpoints = folder / "checkpoints"
+    fit(
+        module,
+        loader,
+        epochs=section["epochs"],
+        checkpoint_dir=checkpoints,
+        trainer_config=config["trainer"],
+        gradient_clip=section["gradient_clip"],
+        quiet=quiet,
+        description=description,
+    )
+    spec = _spec(
+        config,
+        data,
+        kind=kind,
+        epochs=section["epochs"],
+        epoch_losses=module.epoch_losses,
+        # read after training: a resumed module restores these lists from its checkpoint
+        epoch_temperatures=getattr(module, "epoch_temperatures", []),
+        train_seconds=time.perf_counter() - start,
+        **spec,
+    )
+    network = module.model.cpu()
+    predictor = Predictor(network, kind=kind, mean=data.mean, std=data.std, spec=spec)
+    save_model(folder, predictor, spec)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+
+
 def train_ensemble(run: RunDir, config: dict[str, Any], data: DataBundle, *, quiet: bool) -> bool:
     """Stage 1: train all members as one batched module. Returns False if already done."""
     if (run.ensemble / "model.json").is_file():
@@ -83,30 +129,20 @@ def train_ensemble(run: RunDir, config: dict[str, Any], data: DataBundle, *, qui
         network, lr=section["lr"], weight_decay=section["weight_decay"], augment=_augment(config)
     )
     loader = batch_loader(data.x_train, data.y_train, batch_size=section["batch_size"], seed=seed)
-    checkpoints = run.ensemble / "checkpoints"
-    fit(
+    _fit_and_save(
+        run.ensemble,
         module,
         loader,
-        epochs=section["epochs"],
-        checkpoint_dir=checkpoints,
-        trainer_config=config["trainer"],
-        gradient_clip=section["gradient_clip"],
-        quiet=quiet,
-        description=f"ensemble ({section['members']} members)",
-    )
-    spec = _spec(
         config,
+        section,
         data,
+        quiet=quiet,
+        start=start,
+        description=f"ensemble ({section['members']} members)",
         kind="ensemble",
         members=section["members"],
         seed=seed,
-        epochs=section["epochs"],
-        epoch_losses=module.epoch_losses,
-        train_seconds=time.perf_counter() - start,
     )
-    predictor = Predictor(network.cpu(), kind="ensemble", mean=data.mean, std=data.std, spec=spec)
-    save_model(run.ensemble, predictor, spec)
-    shutil.rmtree(checkpoints, ignore_errors=True)
     return True
 
 
@@ -179,34 +215,21 @@ def distill(
         augment=_augment(config),
         teacher=teacher,
     )
-    checkpoints = folder / "checkpoints"
-    fit(
+    _fit_and_save(
+        folder,
         module,
         loader,
-        epochs=section["epochs"],
-        checkpoint_dir=checkpoints,
-        trainer_config=config["trainer"],
-        gradient_clip=section["gradient_clip"],
-        quiet=quiet,
-        description=f"student {method}",
-    )
-    spec = _spec(
         config,
+        section,
         data,
+        quiet=quiet,
+        start=start,
+        description=f"student {method}",
         kind=recipe["kind"],
         method=method,
         members=1,
         seed=seed,
-        epochs=section["epochs"],
-        epoch_losses=module.epoch_losses,
-        epoch_temperatures=module.epoch_temperatures,
-        train_seconds=time.perf_counter() - start,
     )
-    predictor = Predictor(
-        network.cpu(), kind=recipe["kind"], mean=data.mean, std=data.std, spec=spec
-    )
-    save_model(folder, predictor, spec)
-    shutil.rmtree(checkpoints, ignore_errors=True)
     return True
 
 
