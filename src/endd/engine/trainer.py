@@ -13,6 +13,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from torch.utils.data import DataLoader
 
+from endd.models.allocator import keep_freed_memory
+
 CHECKPOINT_NAME = "last.ckpt"
 
 
@@ -58,6 +60,8 @@ def fit(
     Checkpoints are loaded with ``weights_only=True``: nothing in them can execute code.
     """
     quiet_lightning()
+    if trainer_config.get("accelerator", "cpu") == "cpu":
+        keep_freed_memory()  # batched conv ensembles page-fault their activations otherwise
     # A progress bar redrawn into a log file or CI output is thousands of lines of noise.
     show_progress = not quiet and sys.stderr.isatty()
     checkpoint_dir = Path(checkpoint_dir)
