@@ -209,3 +209,18 @@ def test_registry_is_complete_and_checksummed():
             assert all(url.startswith(("http://", "https://")) for url in remote.urls)
     with pytest.raises(ValueError, match="unknown dataset"):
         download("imagenet", "/nonexistent")
+
+
+def test_cli_download_reports_a_bad_checksum_in_one_line(tmp_path, server, capsys):
+    from endd.cli import main
+
+    served, base_url = server
+    write_fake_dataset("mnist", served / "tmp", num_images=2)
+    for file in (served / "tmp" / "mnist").iterdir():
+        file.rename(served / file.name)
+    root = tmp_path / "data"
+    code = main(["data", "download", "mnist", "--root", str(root), "--base-url", base_url, "-q"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("endd: error:") and "checksum mismatch" in err and "\n" not in err
+    assert _only_entries(root) == []
