@@ -9,7 +9,18 @@ from endd.errors import ConfigError
 
 __all__ = ["DATASETS", "DataBundle", "load_data"]
 
-DATASETS = ("spiral", "npz")
+DATASETS = (
+    "spiral",
+    "npz",
+    "fashion_mnist",
+    "mnist",
+    "kmnist",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "tinyimagenet",
+    "digits",
+)
 
 
 def load_data(data: dict[str, Any], seed: int) -> DataBundle:
@@ -23,4 +34,8 @@ def load_data(data: dict[str, Any], seed: int) -> DataBundle:
         from endd.data.arrays import load_npz
 
         return load_npz(data, seed)
+    if name in DATASETS:  # the image datasets
+        from endd.data.image_bundle import load_image_bundle
+
+        return load_image_bundle(data, seed)
     raise ConfigError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
