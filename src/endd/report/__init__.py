@@ -131,6 +131,10 @@ def _markdown(
         "",
         "## OOD detection (AUROC %, OOD = positive class)",
         "",
+        "50 = chance. Below 50 a model is *more* certain on the OOD inputs than on the test "
+        "inputs, which happens when the test data is noisy (high data uncertainty) and the "
+        "networks extrapolate confidently far from it.",
+        "",
         ood_table(result),
         "",
     ]
