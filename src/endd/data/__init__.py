@@ -5,22 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from endd.data.bundle import DataBundle
+from endd.data.image_bundle import IN_DOMAIN_DATASETS
 from endd.errors import ConfigError
 
 __all__ = ["DATASETS", "DataBundle", "load_data"]
 
-DATASETS = (
-    "spiral",
-    "npz",
-    "fashion_mnist",
-    "mnist",
-    "kmnist",
-    "cifar10",
-    "cifar100",
-    "svhn",
-    "tinyimagenet",
-    "digits",
-)
+DATASETS = ("spiral", "npz", *IN_DOMAIN_DATASETS)
 
 
 def load_data(data: dict[str, Any], seed: int) -> DataBundle:
@@ -34,7 +24,7 @@ def load_data(data: dict[str, Any], seed: int) -> DataBundle:
         from endd.data.arrays import load_npz
 
         return load_npz(data, seed)
-    if name in DATASETS:  # the image datasets
+    if name in IN_DOMAIN_DATASETS:
         from endd.data.image_bundle import load_image_bundle
 
         return load_image_bundle(data, seed)

@@ -7,9 +7,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from endd.data.bundle import DataBundle, standardise
+from endd.data.bundle import DataBundle, standardised_bundle
 from endd.errors import DataError
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -102,29 +101,16 @@ def load_npz(data: dict, seed: int) -> DataBundle:
         )
         grid, grid_shape = np.stack([gx.ravel(), gy.ravel()], axis=1), (res, res)
 
-    t = torch.from_numpy
-    flat = x_train.ndim == 2
-    mean, std, scaled = standardise(
-        t(x_train),
-        t(x_train),
-        t(x_test),
-        None if x_aux is None else t(x_aux),
-        None if grid is None else t(grid),
-        *(t(x) for x in ood.values()),
-        per_channel=not flat,
-    )
-    train, test, aux_t, grid_t, *ood_t = scaled
-    return DataBundle(
-        name="npz",
-        num_classes=num_classes,
-        x_train=train,
-        y_train=t(y_train),
-        x_test=test,
-        y_test=t(y_test),
-        x_aux=aux_t,
-        ood=dict(zip(ood, ood_t, strict=True)),
-        grid=grid_t,
+    return standardised_bundle(
+        "npz",
+        num_classes,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        x_aux=x_aux,
+        ood=ood,
+        grid=grid,
         grid_shape=grid_shape,
-        mean=mean,
-        std=std,
+        per_channel=x_train.ndim > 2,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -60,17 +61,47 @@ class DataBundle:
         return x * self.std + self.mean
 
 
-def standardise(
-    train: Tensor, *others: Tensor | None, per_channel: bool = False
-) -> tuple[Tensor, Tensor, list[Tensor | None]]:
-    """Mean/std from ``train`` (per feature, or per channel for images), applied to all sets."""
+def standardised_bundle(
+    name: str,
+    num_classes: int,
+    *,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    x_aux: np.ndarray | None = None,
+    ood: dict[str, np.ndarray] | None = None,
+    grid: np.ndarray | None = None,
+    grid_shape: tuple[int, int] | None = None,
+    per_channel: bool = False,
+) -> DataBundle:
+    """A :class:`DataBundle` from raw arrays, every input set standardised with the mean and
+    standard deviation of ``x_train`` (per feature, or per channel for images [N, C, H, W])."""
+    train = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
     if per_channel:
         dims = [0, *range(2, train.ndim)]
         mean = train.mean(dim=dims, keepdim=True)[0]
         std = train.std(dim=dims, keepdim=True)[0]
     else:
-        mean = train.mean(dim=0)
-        std = train.std(dim=0)
+        mean, std = train.mean(dim=0), train.std(dim=0)
     std = torch.where(std > 0, std, torch.ones_like(std))
-    scaled = [None if x is None else (x - mean) / std for x in others]
-    return mean, std, scaled
+
+    def scale(x: np.ndarray | None) -> Tensor | None:
+        if x is None:
+            return None
+        return (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) - mean) / std
+
+    return DataBundle(
+        name=name,
+        num_classes=num_classes,
+        x_train=scale(x_train),
+        y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+        x_test=scale(x_test),
+        y_test=torch.from_numpy(np.asarray(y_test, dtype=np.int64)),
+        x_aux=scale(x_aux),
+        ood={key: scale(x) for key, x in (ood or {}).items()},
+        grid=scale(grid),
+        grid_shape=grid_shape,
+        mean=mean,
+        std=std,
+    )

@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from endd.data.bundle import DataBundle, standardise
+from endd.data.bundle import DataBundle, standardised_bundle
 from endd.errors import ConfigError
 
 NUM_CLASSES = 3
@@ -90,27 +89,15 @@ def load_spiral(data: dict, seed: int) -> DataBundle:
     gx, gy = np.meshgrid(axis, axis)
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
 
-    as_tensor = torch.from_numpy
-    mean, std, scaled = standardise(
-        as_tensor(x_train),
-        as_tensor(x_train),
-        as_tensor(x_test),
-        None if x_aux is None else as_tensor(x_aux),
-        as_tensor(grid),
-        *(as_tensor(x) for x in ood.values()),
-    )
-    train, test, aux_t, grid_t, *ood_t = scaled
-    return DataBundle(
-        name="spiral",
-        num_classes=NUM_CLASSES,
-        x_train=train,
-        y_train=as_tensor(y_train),
-        x_test=test,
-        y_test=as_tensor(y_test),
-        x_aux=aux_t,
-        ood=dict(zip(ood, ood_t, strict=True)),
-        grid=grid_t,
+    return standardised_bundle(
+        "spiral",
+        NUM_CLASSES,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        x_aux=x_aux,
+        ood=ood,
+        grid=grid,
         grid_shape=(len(axis), len(axis)),
-        mean=mean,
-        std=std,
     )
