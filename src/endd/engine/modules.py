@@ -50,6 +50,19 @@ class _TrainingModule(L.LightningModule):
         self.epoch_losses.append(self._loss_sum / max(self._loss_count, 1))
         self._show("loss", self.epoch_losses[-1])
 
+    def _checkpoint_state(self) -> dict[str, Any]:
+        """Plain state saved in checkpoints beside the weights (subclasses extend it)."""
+        return {"epoch_losses": list(self.epoch_losses)}
+
+    def _restore_state(self, state: dict[str, Any]) -> None:
+        self.epoch_losses = list(state["epoch_losses"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["endd"] = self._checkpoint_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restore_state(checkpoint["endd"])
+
     def _show(self, name: str, value: float) -> None:
         """Put a value on the progress bar (a barebones Trainer, used when no bar is shown, has
         no logging at all)."""
@@ -146,27 +159,13 @@ class StudentModule(_TrainingModule):
         if self._teacher:
             self._teacher[0].to(self.device)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["endd"] = {
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return super()._checkpoint_state() | {
             "schedule": self.schedule.state_dict(),
-            "epoch_losses": list(self.epoch_losses),
             "epoch_temperatures": list(self.epoch_temperatures),
         }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["endd"]
+    def _restore_state(self, state: dict[str, Any]) -> None:
+        super()._restore_state(state)
         self.schedule.load_state_dict(state["schedule"])
-        self.epoch_losses = list(state["epoch_losses"])
         self.epoch_temperatures = list(state["epoch_temperatures"])
-
-
-def _save_losses(module: _TrainingModule, checkpoint: dict[str, Any]) -> None:
-    checkpoint["endd"] = {"epoch_losses": list(module.epoch_losses)}
-
-
-def _load_losses(module: _TrainingModule, checkpoint: dict[str, Any]) -> None:
-    module.epoch_losses = list(checkpoint["endd"]["epoch_losses"])
-
-
-EnsembleModule.on_save_checkpoint = _save_losses  # type: ignore[method-assign]
-EnsembleModule.on_load_checkpoint = _load_losses  # type: ignore[method-assign]
