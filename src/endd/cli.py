@@ -137,6 +137,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Library deprecation chatter is not for users; spawned student processes inherit this.
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:
         _dispatch(args)
