@@ -39,7 +39,9 @@ def test_distill_arrays_then_load_and_predict(tmp_path):
     assert set(run.metrics["models"]) == {"individual", "ensemble", "endd", "endd_aux", "end"}
     loaded = endd.load_run(tmp_path / "arr")
     prior = loaded.students["endd"]
-    assert prior.kind == "dirichlet" and loaded.students["end"].kind == "categorical"
+    assert isinstance(prior, endd.PriorNetwork) and prior.kind == "dirichlet"
+    assert loaded.students["end"].kind == "categorical"
+    assert not isinstance(loaded.students["end"], endd.PriorNetwork)
     out = prior.predict(x[:7])  # raw, unstandardised inputs
     assert out["probs"].shape == (7, 3) and out["alphas"].shape == (7, 3)
     assert torch.allclose(out["probs"].sum(-1), torch.ones(7, dtype=torch.float64))

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from endd.errors import RunDirError
-from endd.models.prior import Predictor
+from endd.models.prior import Predictor, PriorNetwork
 from endd.pipeline import artifacts
 from endd.pipeline.config import dump_config, load_yaml, resolve_config
 
@@ -116,7 +116,11 @@ def load_model(folder: Path) -> Predictor:
     )
     state = load_file(str(folder / "model.safetensors"))
     mean, std = state.pop("mean", None), state.pop("std", None)
-    predictor = Predictor(network, kind=spec["kind"], mean=mean, std=std, spec=spec)
+    if spec["kind"] in ("dirichlet", "proxy_dirichlet"):
+        proxy = spec["kind"] == "proxy_dirichlet"
+        predictor = PriorNetwork(network, proxy=proxy, mean=mean, std=std, spec=spec)
+    else:
+        predictor = Predictor(network, kind=spec["kind"], mean=mean, std=std, spec=spec)
     predictor.network.load_state_dict({k.removeprefix("network."): v for k, v in state.items()})
     return predictor.eval()
 
