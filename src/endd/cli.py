@@ -111,14 +111,9 @@ def _dispatch(args: argparse.Namespace) -> None:
     from endd.pipeline.config import load_yaml
     from endd.pipeline.run import run_config, run_stages
 
-    if args.command == "demo":
-        run = run_config(
-            load_yaml(builtin_config("spiral")), args.out, args.overrides, quiet=args.quiet
-        )
-        if not args.quiet:
-            print(f"report: {run.report}")
-    elif args.command == "run":
-        run = run_config(load_yaml(args.config), args.out, args.overrides, quiet=args.quiet)
+    if args.command in ("demo", "run"):
+        config = builtin_config("spiral") if args.command == "demo" else args.config
+        run = run_config(load_yaml(config), args.out, args.overrides, quiet=args.quiet)
         if not args.quiet:
             print(f"report: {run.report}")
     elif args.command in ("ensemble", "distill", "evaluate", "report"):
