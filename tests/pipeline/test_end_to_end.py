@@ -180,3 +180,11 @@ def test_help_is_useful(capsys):
     text = capsys.readouterr().out
     for word in ("demo", "run", "ensemble", "distill", "evaluate", "report", "examples"):
         assert word in text
+
+
+def test_demo_command_runs_the_builtin_config(tmp_path, tiny_spiral):
+    out = tmp_path / "demo"
+    overrides = [f"--set={o}" for o in [*tiny_spiral, "students.methods=[endd]"]]
+    assert main(["demo", "--out", str(out), "-q", *overrides]) == 0
+    assert load_yaml(out / "config.yaml")["name"] == "spiral"
+    assert (out / "report.md").is_file()
