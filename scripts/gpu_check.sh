@@ -11,7 +11,8 @@
 # 32×32×3 images with class-dependent patterns written to an .npz file — no download either way.
 #
 # Python: $PYTHON if set; else the first of .venv/bin/python and python3 that imports torch,
-# lightning and endd; else a .venv-gpu that reuses an installed torch (--system-site-packages)
+# lightning and endd; else python3 with src/ on PYTHONPATH if it has torch and lightning (a lent
+# GPU machine: no package index there); else a .venv-gpu that reuses an installed torch (--system-site-packages)
 # and pip-installs endd into it; else scripts/setup.sh (needs a package index).
 #
 # Environment:
@@ -32,6 +33,12 @@ if [ -z "$PY" ]; then
       break
     fi
   done
+fi
+if [ -z "$PY" ] && PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" has_endd python3; then
+  # A machine whose python3 already has torch, lightning and the rest (e.g. a lent GPU with no
+  # package index): run endd from the source tree, nothing to install.
+  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+  PY=python3
 fi
 if [ -z "$PY" ]; then
   if python3 -c "import torch" >/dev/null 2>&1; then
