@@ -154,7 +154,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("endd: error:") and message in err and "\n" not in err
-    assert not (tmp_path / "X" / "metrics.json").exists()
+    assert not (tmp_path / "X").exists()  # nothing half-written, not even config.yaml
 
 
 def test_changed_config_on_existing_run_is_refused(tmp_path, tiny_spiral, capsys):

@@ -55,13 +55,19 @@ def run_stages(
             are never redone: delete their folder to retrain).
     """
     run = RunDir(Path(run_dir))
-    if config is not None:
-        run.root.mkdir(parents=True, exist_ok=True)
-        run.write_config(config)
-    config = run.read_config()
+    new_config = config
+    if new_config is not None and run.config_path.is_file():
+        run.write_config(new_config)  # refuses a config that differs from the run's
+    config = new_config if new_config is not None else run.read_config()
     torch_threads(config)
     wanted = [s for s in STAGES if s in set(stages)]
+    # Data problems surface before anything is written, so a failed first attempt does not
+    # leave a run directory that then refuses the corrected config.
     data = load_data(config["data"], config["seed"]) if set(wanted) - {"report"} else None
+    if new_config is not None:
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.write_config(new_config)
+        config = run.read_config()
 
     for stage in wanted:
         begin = time.perf_counter()
