@@ -126,7 +126,8 @@ def evaluate(run: RunDir, config: dict[str, Any], data: DataBundle) -> dict[str,
 
     all_splits = data.unlabelled_splits()
     batch_size = config["trainer"]["eval_batch_size"]
-    for method in student_methods(config, data):
+    methods = student_methods(config, data)
+    for method in methods:
         predictor = load_model(run.student(method))
         outputs = {}
         for split in splits:
@@ -142,8 +143,7 @@ def evaluate(run: RunDir, config: dict[str, Any], data: DataBundle) -> dict[str,
     timing["ensemble"] = ensemble_spec["train_seconds"]
     timing["teacher"] = artifacts.read_json(run.teacher / "done.json")["seconds"]
     timing["distill"] = sum(
-        artifacts.read_json(run.student(m) / "model.json")["train_seconds"]
-        for m in student_methods(config, data)
+        artifacts.read_json(run.student(m) / "model.json")["train_seconds"] for m in methods
     )
     timing["evaluate"] = time.perf_counter() - start
     result = {
