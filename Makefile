@@ -25,5 +25,5 @@ spiral-results: setup
 
 fashion-mnist: setup
 	bash scripts/install_fashion_mnist.sh
-	.venv/bin/python scripts/results.py configs/fashion_mnist.yaml --seeds 0 \
+	.venv/bin/python scripts/results.py configs/fashion_mnist.yaml --seeds 0 1 2 \
 		--runs runs/results/fashion_mnist --doc docs/results/fashion_mnist.md
