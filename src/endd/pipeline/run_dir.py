@@ -14,6 +14,7 @@ RUN/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,22 +108,49 @@ def load_model(folder: Path) -> Predictor:
     if not sidecar.is_file():
         raise RunDirError(f"no finished model in {folder} (model.json missing)")
     spec = artifacts.read_json(sidecar)
-    network = build_model(
-        spec["backbone"],
-        num_classes=spec["num_classes"],
-        input_shape=tuple(spec["input_shape"]),
-        members=spec["members"],
-        **spec["backbone_kwargs"],
-    )
     state = load_file(str(folder / "model.safetensors"))
     mean, std = state.pop("mean", None), state.pop("std", None)
+    weights = {k.removeprefix("network."): v for k, v in state.items()}
+
+    def build() -> torch.nn.Module:
+        return build_model(
+            spec["backbone"],
+            num_classes=spec["num_classes"],
+            input_shape=tuple(spec["input_shape"]),
+            members=spec["members"],
+            **spec["backbone_kwargs"],
+        )
+
+    network = _build_with_weights(build, weights)
     if spec["kind"] in ("dirichlet", "proxy_dirichlet"):
         proxy = spec["kind"] == "proxy_dirichlet"
         predictor = PriorNetwork(network, proxy=proxy, mean=mean, std=std, spec=spec)
     else:
         predictor = Predictor(network, kind=spec["kind"], mean=mean, std=std, spec=spec)
-    predictor.network.load_state_dict({k.removeprefix("network."): v for k, v in state.items()})
     return predictor.eval()
+
+
+def _build_with_weights(
+    build: Callable[[], torch.nn.Module], weights: dict[str, torch.Tensor]
+) -> torch.nn.Module:
+    """``build()`` with ``weights`` loaded, skipping the random initialisation where it can.
+
+    The network is built on the meta device (no memory, no init: 10 WRN-28-10 members take 1.3 s
+    instead of 10.6 s) and the loaded tensors are assigned to it. A network whose construction
+    does not work on the meta device, or that keeps a tensor outside its state dict (e.g. a
+    non-persistent buffer of a user's own module), is built the ordinary way instead.
+    """
+    try:
+        with torch.device("meta"):
+            network = build()
+        network.load_state_dict(weights, assign=True)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        network = None
+    tensors = [] if network is None else [*network.parameters(), *network.buffers()]
+    if network is None or any(tensor.is_meta for tensor in tensors):
+        network = build()
+        network.load_state_dict(weights)
+    return network
 
 
 def torch_threads(config: dict[str, Any]) -> None:
