@@ -119,32 +119,3 @@ def random_crop_flip(
         len(images), padding=padding, flip=flip, generator=generator, device=images.device
     )
     return _crop_flip(images, *params, padding)  # offsets valid by construction
-
-
-class CropFlip:
-    """A seeded random crop + flip to call on every training batch.
-
-    Args:
-        padding: zero border before cropping.
-        flip: random horizontal flips.
-        seed: seeds the generator; the sequence of batches then repeats across runs.
-        device: where the batches live (the generator must be there too).
-    """
-
-    def __init__(
-        self,
-        padding: int = 4,
-        flip: bool = True,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        if padding < 0:
-            raise ValueError(f"padding must be ≥ 0, got {padding}")
-        self.padding, self.flip = padding, flip
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-
-    def __call__(self, images: Tensor) -> Tensor:
-        return random_crop_flip(
-            images, padding=self.padding, flip=self.flip, generator=self.generator
-        )

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 
 @contextmanager
@@ -69,8 +69,3 @@ def read_array(path: str | Path, *, mmap: bool = True) -> np.ndarray:
 def write_weights(path: str | Path, module: torch.nn.Module) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     _write_with(path, lambda p: save_file(state, str(p)))
-
-
-def read_weights(path: str | Path, module: torch.nn.Module) -> torch.nn.Module:
-    module.load_state_dict(load_file(str(path)))
-    return module
