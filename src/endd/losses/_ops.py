@@ -1,22 +1,31 @@
 """Numeric building blocks shared by the distillation losses (private).
 
-Two CPU fast paths live here because the losses run every training step:
+The losses run every training step, so the CPU paths here are written against two costs that
+dominate at the sizes distillation uses (B = 512, M = 10, K = 10 … 1000):
 
-- torch's fused CPU softmax / log_softmax pays ~180 ns per row when the class axis is short
-  (K = 10: 5× slower than four plain tensor ops); below ``_SMALL_CLASS_AXIS`` classes the
-  composite form is used on CPU.
-- torch's CPU digamma is a scalar loop (~20 ns per element for arguments below 10); in float32
-  on CPU the shifted asymptotic series below is 4× faster at the same accuracy (~1e-6).
-- Teacher tensors [B, M, K] are reduced to [B, K] a batch chunk at a time on CPU, so softmax,
-  smoothing, log and the mean over members run on data that stays in cache instead of streaming
-  several [B, M, K] temporaries through memory (2–3× faster at B=512, M=10, K=1000 when other
-  processes compete for memory bandwidth).
-On other devices the fused kernels are used unchanged.
+- Per-op overhead. A torch op on a small tensor costs ~1–2 µs of dispatch, and ~2 µs more when
+  an argument is a Python number (torch wraps it into a tensor and converts it every call), so
+  fixed constants are cached zero-dimensional tensors (``constant``) and the fast paths are
+  counted in ops. torch's fused CPU softmax / log_softmax pays ~180 ns per row when the class
+  axis is short (K = 10: 5× slower than four plain tensor ops); below ``_SMALL_CLASS_AXIS``
+  classes the composite form is used on CPU.
+- Transcendental functions. On this project's CPUs torch's float32 ``exp`` costs ~1 ns per
+  element, ``exp2`` ~0.4 ns, ``log`` ~1.4 ns, ``lgamma`` ~9 ns and ``digamma`` ~20 ns (a scalar
+  loop). The teacher statistic therefore uses ``exp2`` with ln 2 folded into the temperature
+  scale, takes one ``log`` of a product over members instead of M logs (``teacher_statistics``),
+  and in float32 on CPU digamma is a shifted asymptotic series (``digamma``).
+
+Teacher tensors [B, M, K] are reduced to [B, K] a batch chunk at a time on CPU, so the passes
+over the members run on data that stays in cache instead of streaming several [B, M, K]
+temporaries through memory. On other devices, and whenever the teacher needs a gradient, the
+plain differentiable formulas are used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from collections.abc import Callable
 
 import torch
@@ -24,15 +33,33 @@ import torch
 _SMALL_CLASS_AXIS = 32
 # Teacher elements per chunk on CPU: 1 MiB of float32, comfortably inside L2.
 _CPU_CHUNK_ELEMENTS = 1 << 18
+_LOG2_E = 1.0 / math.log(2.0)
+_LN_2 = math.log(2.0)
+# Largest |log2| the teacher statistic lets a value or a product of values reach: inside the
+# normal range of the dtype with room to spare (float32 normals span 2^-126 … 2^128).
+_MAX_LOG2 = {torch.float32: 120, torch.float64: 1000}
+
+
+@functools.lru_cache(maxsize=1024)
+def constant(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A cached zero-dimensional CPU tensor holding ``value`` in ``dtype``; never modify it.
+
+    Ops take it as a scalar operand (on any device) without the per-call cost of converting a
+    Python number.
+    """
+    return torch.tensor(value, dtype=dtype)
 
 
 def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
     """A context that switches autocast off, so the losses run in the dtype they choose.
 
     Under ``torch.autocast`` matmul-like ops would silently drop to bf16/fp16; the losses need
-    float32 at least for lgamma/digamma and log-probabilities.
+    float32 at least for lgamma/digamma and log-probabilities. A no-op context (no dispatcher
+    state touched) when autocast is off for the device already.
     """
     try:
+        if not torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
         return torch.autocast(device_type=device_type, enabled=False)
     except RuntimeError:  # a device type autocast does not know: nothing to switch off
         return contextlib.nullcontext()
@@ -88,39 +115,139 @@ def teacher_log_probs(
         return probs.mul_(1.0 - smoothing).add_(smoothing / num_classes).log_()
 
 
+def teacher_statistics(
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    smoothing: float,
+    dtype: torch.dtype,
+    *,
+    with_mean_probs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """mean_m ln π_mc and, if asked, mean_m π_mc of the heated, smoothed members; [B, K] each.
+
+    No argument checks and no chunking (callers do both). The input is never modified. Through
+    ``teacher_log_probs`` (differentiable) when the teacher needs a gradient or is not on the
+    CPU; otherwise by ``_teacher_statistics_cpu``, the same values to rounding.
+    """
+    if teacher_logits.requires_grad or teacher_logits.device.type != "cpu":
+        with autocast_disabled(teacher_logits.device.type):
+            log_probs = teacher_log_probs(teacher_logits, temperature, smoothing, dtype)
+            mean_log_probs = log_probs.mean(dim=1)
+            if not with_mean_probs:
+                return mean_log_probs, None
+            return mean_log_probs, torch.exp(log_probs).mean(dim=1)
+    if teacher_logits.dtype != dtype:
+        teacher_logits = teacher_logits.to(dtype)
+    with autocast_disabled("cpu"):
+        return _teacher_statistics_cpu(teacher_logits, temperature, smoothing, with_mean_probs)
+
+
+def _teacher_statistics_cpu(
+    logits: torch.Tensor, temperature: float, smoothing: float, with_mean_probs: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``teacher_statistics`` in few passes over [B, M, K], for CPU tensors without gradient.
+
+    With y = log2(e) · (t − max_c t_c) / T, e = 2^y and s_m = Σ_c e_mc (so π_mc = e_mc / s_m;
+    exp2 is 2.5× cheaper than exp on CPU):
+
+    - ε = 0: ln π_mc = y_mc ln 2 − ln s_m, so mean_m ln π_mc needs no elementwise log at all.
+    - ε > 0: a_mc = κ π'_mc = e_mc · κ(1 − ε)/s_m + κ ε/K (two in-place passes) and
+      mean_m ln π'_mc = ln(Π_m a_mc) / M − ln κ: one log per [B, K] element instead of M. The
+      power of two κ centres a ∈ [κ ε/K, κ] on 1 in log space, and members are multiplied in
+      groups small enough that no partial product leaves the normal range.
+
+    For a short class axis the work runs on a [K, M, B] copy: reductions over classes and the
+    per-member broadcasts then run along contiguous batch rows (one transposing copy costs less
+    than the slow inner-axis reductions it replaces); results come back as [B, K] views.
+    """
+    batch_size, num_members, num_classes = logits.shape
+    dtype = logits.dtype
+    scale = constant(_LOG2_E / temperature, dtype)
+    if num_classes < _SMALL_CLASS_AXIS:
+        class_dim = 0
+        exponents = torch.empty((num_classes, num_members, batch_size), dtype=dtype)
+        exponents.copy_(logits.permute(2, 1, 0))
+        exponents.sub_(exponents.amax(dim=0, keepdim=True)).mul_(scale)
+    else:
+        class_dim = -1
+        exponents = torch.sub(logits, logits.amax(dim=-1, keepdim=True)).mul_(scale)
+    if smoothing == 0.0:
+        exponent_sums = exponents.sum(dim=1)  # Σ_m y_mc, before exp2 overwrites y
+    exps = exponents.exp2_()
+    sums = exps.sum(dim=class_dim, keepdim=True)  # s_m ∈ [1, K]
+    mean_probs = None
+    if smoothing == 0.0:
+        if with_mean_probs:
+            mean_probs = exps.div_(sums).sum(dim=1).mul_(constant(1.0 / num_members, dtype))
+        log_sums = sums.log_().sum(dim=1)
+        mean_log_probs = exponent_sums.mul_(constant(_LN_2, dtype)).sub_(log_sums)
+        mean_log_probs.mul_(constant(1.0 / num_members, dtype))
+    else:
+        # log2(K/ε) is the spread of π' in log2 units; κ = 2^round(half of it) centres it on 1.
+        spread = math.log2(num_classes / smoothing)
+        group = max(1, min(num_members, int(_MAX_LOG2[dtype] // (spread / 2 + 0.5))))
+        log2_kappa = round(spread / 2) if group > 1 else 0
+        kappa = 2.0**log2_kappa
+        scaled = exps.mul_(torch.div(constant((1.0 - smoothing) * kappa, dtype), sums))
+        scaled.add_(constant(smoothing * kappa / num_classes, dtype))  # κ π'
+        if with_mean_probs:
+            mean_probs = scaled.sum(dim=1).mul_(constant(1.0 / (kappa * num_members), dtype))
+        if group == 1:
+            log_sum = scaled.log_().sum(dim=1)
+        elif group == num_members:
+            log_sum = scaled.prod(dim=1).log_()
+        else:
+            log_sum = scaled.narrow(1, 0, group).prod(dim=1).log_()
+            for start in range(group, num_members, group):
+                length = min(group, num_members - start)
+                log_sum.add_(scaled.narrow(1, start, length).prod(dim=1).log_())
+        mean_log_probs = torch.addcmul(
+            constant(-log2_kappa * _LN_2, dtype),
+            log_sum,
+            constant(1.0 / num_members, dtype),
+            out=log_sum,
+        )
+    if class_dim == 0:
+        return mean_log_probs.t(), None if mean_probs is None else mean_probs.t()
+    return mean_log_probs, mean_probs
+
+
 def digamma(x: torch.Tensor) -> torch.Tensor:
     """ψ(x) for x > 0 (no autograd); a fast series for float32 on CPU, torch.digamma otherwise.
 
-    ψ(x) = ψ(x + 6) − Σ_{k=0}^{5} 1/(x + k) and, for y = x + 6 ≥ 6,
-    ψ(y) ≈ ln y − 1/(2y) − 1/(12y²) + 1/(120y⁴) − 1/(252y⁶) (truncation < 3e-9).
+    ψ(x) = ψ(x + 4) − Σ_{k=0}^{3} 1/(x + k), where the pairs k, 3 − k give
+    1/(x + k) + 1/(x + 3 − k) = (2x + 3)/(u + k(3 − k)) with u = x(x + 3), and with
+    v = x + 4 − 1/2 ≥ 3.5 the series ψ(v + 1/2) ≈ ln v + 1/(24v²) − 7/(960v⁴) + 31/(8064v⁶)
+    − 127/(30720v⁸) (truncation < 3e-8). Fourteen tensor ops on four buffers: per-op overhead
+    dominates small tensors, and fresh buffers cost page faults on large ones. For x > 1.8e19,
+    u = inf makes the reciprocal sum 0, its value to float32 precision there. Accurate to
+    ~3e-7 (relative, or absolute where |ψ| < 1).
     """
     if x.dtype != torch.float32 or x.device.type != "cpu":
         return torch.digamma(x)
-    reciprocal_sum = torch.reciprocal(x)
-    shifted = x.clone()
-    for _ in range(5):
-        shifted.add_(1.0)
-        reciprocal_sum.add_(torch.reciprocal(shifted))
-    shifted.add_(1.0)
-    inverse = torch.reciprocal(shifted)
-    inverse_squared = inverse * inverse
-    series = (
-        inverse_squared.mul(-1.0 / 252.0)
-        .add_(1.0 / 120.0)
-        .mul_(inverse_squared)
-        .sub_(1.0 / 12.0)
-        .mul_(inverse_squared)
+    f32 = torch.float32
+    shifted = torch.add(x, constant(3.0, f32))
+    pair_products = torch.mul(x, shifted)  # u
+    pair_sums = torch.add(x, shifted)  # 2x + 3
+    shifted.add_(constant(0.5, f32))  # v
+    inverse_squared = torch.mul(shifted, shifted).reciprocal_()
+    result = shifted.log_()
+    result.addcdiv_(pair_sums, pair_products, value=-1.0)
+    result.addcdiv_(pair_sums, pair_products.add_(constant(2.0, f32)), value=-1.0)
+    series = torch.addcmul(
+        constant(31 / 8064, f32), inverse_squared, constant(-127 / 30720, f32), out=pair_sums
     )
-    return shifted.log_().sub_(inverse.mul_(0.5)).add_(series).sub_(reciprocal_sum)
+    for coefficient in (-7 / 960, 1 / 24):
+        torch.addcmul(constant(coefficient, f32), inverse_squared, series, out=series)
+    return result.addcmul_(inverse_squared, series)
 
 
-def reduce_teacher_in_chunks(
-    reduce: Callable[[torch.Tensor], torch.Tensor], teacher_logits: torch.Tensor
-) -> torch.Tensor:
+def reduce_teacher_in_chunks(reduce: Callable, teacher_logits: torch.Tensor):
     """``reduce(teacher_logits)`` for a row-wise ``reduce`` ([b, M, K] → [b, ...]), chunked on CPU.
 
-    Chunks only when no gradient is needed, on CPU, and when the batch spans several chunks;
-    otherwise calls ``reduce`` once.
+    ``reduce`` returns a tensor or a tuple of tensors (or None entries); chunk results are
+    concatenated along the batch. Chunks only when no gradient is needed, on CPU, and when the
+    batch spans several chunks; otherwise calls ``reduce`` once.
     """
     batch_size, num_members, num_classes = teacher_logits.shape
     rows_per_chunk = max(1, _CPU_CHUNK_ELEMENTS // max(1, num_members * num_classes))
@@ -130,9 +257,12 @@ def reduce_teacher_in_chunks(
         or batch_size <= rows_per_chunk
     ):
         return reduce(teacher_logits)
-    return torch.cat(
-        [
-            reduce(teacher_logits[start : start + rows_per_chunk])
-            for start in range(0, batch_size, rows_per_chunk)
-        ]
+    parts = [
+        reduce(teacher_logits[start : start + rows_per_chunk])
+        for start in range(0, batch_size, rows_per_chunk)
+    ]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return tuple(
+        None if column[0] is None else torch.cat(column) for column in zip(*parts, strict=True)
     )
