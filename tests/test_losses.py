@@ -166,6 +166,31 @@ def test_endd_gradient_equals_autograd_of_the_formula():
     torch.testing.assert_close(hand_written, student.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("reverse", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_proxy_hand_written_gradient_passes_gradcheck(reverse, temperature):
+    student, teacher = _random_logits(7, 4, 3, 6)
+    student.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda z: proxy_loss(z, teacher, temperature=temperature, reverse=reverse), (student,)
+    )
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+def test_proxy_gradient_equals_autograd_of_the_formula(reverse):
+    student, teacher = _random_logits(8, 8, 5, 10)
+    student.requires_grad_(True)
+    temperature = 3.0
+    proxy_loss(student, teacher, temperature=temperature, reverse=reverse).backward()
+    hand_written = student.grad.clone()
+    student.grad = None
+    alphas = torch.exp(student / temperature) + 1
+    target = proxy_dirichlet_target(teacher, temperature=temperature)
+    kl = dirichlet_kl(alphas, target) if reverse else dirichlet_kl(target, alphas)
+    (temperature**2 * kl.mean()).backward()
+    torch.testing.assert_close(hand_written, student.grad, rtol=1e-6, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # EnD² recovers a known Dirichlet
 # ---------------------------------------------------------------------------------------------
@@ -476,6 +501,17 @@ def test_float32_endd_gradient_matches_float64():
     for dtype in (torch.float32, torch.float64):
         logits = student.detach().to(dtype).requires_grad_(True)
         endd_loss(logits, teacher.to(dtype), temperature=2.0, smoothing=1e-3).backward()
+        gradients.append(logits.grad.double())
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+def test_float32_proxy_gradient_matches_float64(reverse):
+    student, teacher = _random_logits(30, 64, 10, 100)
+    gradients = []
+    for dtype in (torch.float32, torch.float64):
+        logits = student.detach().to(dtype).requires_grad_(True)
+        proxy_loss(logits, teacher.to(dtype), temperature=2.0, reverse=reverse).backward()
         gradients.append(logits.grad.double())
     torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
 

@@ -242,6 +242,59 @@ def digamma(x: torch.Tensor) -> torch.Tensor:
     return result.addcmul_(inverse_squared, series)
 
 
+def trigamma(x: torch.Tensor) -> torch.Tensor:
+    """ψ'(x) for x > 0 (no autograd): torch.polygamma(1, x).
+
+    torch's CPU trigamma is already ~8 ns per element; a float32 series in the style of
+    ``digamma`` (19 ops) measured slower at both K = 10 and K = 1000.
+    """
+    return torch.polygamma(1, x)
+
+
+def concentration_buffer(batch_size: int, num_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """An empty flat buffer [c (B·K, row-major) | c₀ (B)] for concentrations and their sums.
+
+    Both parts are contiguous (elementwise ops on them are vectorised) and one call of lgamma,
+    digamma or trigamma covers both. See ``class_part`` and ``total_part`` for the views.
+    """
+    return torch.empty(batch_size * (num_classes + 1), dtype=like.dtype, device=like.device)
+
+
+def exp_concentrations(
+    student_logits: torch.Tensor,
+    temperature: float,
+    low: float | None,
+    high: float,
+    offset: float = 0.0,
+) -> torch.Tensor:
+    """A ``concentration_buffer`` of α = exp(clamp(z / T, low, high)) + offset and α₀ = Σ_c α_c.
+
+    exp is computed as 2^(z · log2(e) / T) (exp2 is 2.5× cheaper than exp on CPU). ``low`` may be
+    None (no lower bound).
+    """
+    batch_size, num_classes = student_logits.shape
+    dtype = student_logits.dtype
+    buffer = concentration_buffer(batch_size, num_classes, student_logits)
+    alphas = class_part(buffer, batch_size, num_classes)
+    torch.mul(student_logits, constant(_LOG2_E / temperature, dtype), out=alphas)
+    alphas.clamp_(None if low is None else low * _LOG2_E, high * _LOG2_E).exp2_()
+    if offset:
+        alphas.add_(constant(offset, dtype))
+    torch.sum(alphas, dim=-1, out=total_part(buffer, batch_size, num_classes))
+    return buffer
+
+
+def class_part(buffer: torch.Tensor, batch_size: int, num_classes: int) -> torch.Tensor:
+    """The [B, K] view of a ``concentration_buffer`` (as_strided: the cheapest view, ~1 µs)."""
+    return buffer.as_strided((batch_size, num_classes), (num_classes, 1))
+
+
+def total_part(buffer: torch.Tensor, batch_size: int, num_classes: int) -> torch.Tensor:
+    """The [B] view of the sums in a ``concentration_buffer``."""
+    offset = buffer.storage_offset() + batch_size * num_classes
+    return buffer.as_strided((batch_size,), (1,), offset)
+
+
 def reduce_teacher_in_chunks(reduce: Callable, teacher_logits: torch.Tensor):
     """``reduce(teacher_logits)`` for a row-wise ``reduce`` ([b, M, K] → [b, ...]), chunked on CPU.
 

@@ -15,18 +15,19 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.autograd.function import once_differentiable
 
 from endd.losses._ops import (
     autocast_disabled,
+    class_part,
     compute_dtype,
     constant,
     digamma,
+    exp_concentrations,
     reduce_teacher_in_chunks,
     teacher_statistics,
+    total_part,
 )
 from endd.losses._validation import check_logit_shapes, check_smoothing, check_temperature
 
@@ -36,7 +37,6 @@ __all__ = ["endd_loss", "endd_loss_from_mean_log_probs", "mean_teacher_log_probs
 # (α₀ · ln α₀ must not overflow even for K ≈ 10⁵ classes). Far outside the range training ever
 # visits; the gradient passes the clamp unchanged (see _DirichletNLL).
 _LOG_ALPHA_RANGE = {torch.float32: (-80.0, 60.0), torch.float64: (-700.0, 300.0)}
-_LOG2_E = 1.0 / math.log(2.0)
 
 
 def endd_loss(
@@ -195,7 +195,7 @@ class _DirichletNLL(torch.autograd.Function):
     ∂/∂m_c = −(T² / B)(α_c − 1). Autograd through the forward would record a dozen graph nodes
     and replay them. α and α₀ share one flat buffer, so lgamma and digamma run once each over
     both; on CPU in float32 digamma is the fast series of ``_ops`` (torch's is a scalar
-    loop there). α = 2^(z · log2(e) / T): exp2 is 2.5× cheaper than exp on CPU.
+    loop there).
     """
 
     @staticmethod
@@ -205,18 +205,12 @@ class _DirichletNLL(torch.autograd.Function):
         batch_size, num_classes = student_logits.shape
         dtype = student_logits.dtype
         low, high = _LOG_ALPHA_RANGE[dtype]
-        # One flat buffer [α (B·K, row-major) | α₀ (B)], both parts contiguous.
-        concentrations = torch.empty(
-            batch_size * (num_classes + 1), dtype=dtype, device=student_logits.device
-        )
-        alphas = _alpha_view(concentrations, batch_size, num_classes)
-        torch.mul(student_logits, constant(_LOG2_E / temperature, dtype), out=alphas)
-        alphas.clamp_(low * _LOG2_E, high * _LOG2_E).exp2_()
-        torch.sum(alphas, dim=-1, out=_precision_view(concentrations, batch_size, num_classes))
+        concentrations = exp_concentrations(student_logits, temperature, low, high)  # [α | α₀]
+        alphas = class_part(concentrations, batch_size, num_classes)
         # Σ_c [lnΓ(α_c) + (1 − α_c) m_c] − lnΓ(α₀), summed over the batch.
         log_gammas = torch.lgamma(concentrations)
-        _precision_view(log_gammas, batch_size, num_classes).neg_()
-        _alpha_view(log_gammas, batch_size, num_classes).add_(mean_log_probs).addcmul_(
+        total_part(log_gammas, batch_size, num_classes).neg_()
+        class_part(log_gammas, batch_size, num_classes).add_(mean_log_probs).addcmul_(
             alphas, mean_log_probs, value=-1.0
         )
         ctx.save_for_backward(concentrations, mean_log_probs)
@@ -230,14 +224,14 @@ class _DirichletNLL(torch.autograd.Function):
         temperature = ctx.temperature
         batch_size, num_classes = mean_log_probs.shape
         dtype = concentrations.dtype
-        alphas = _alpha_view(concentrations, batch_size, num_classes)
+        alphas = class_part(concentrations, batch_size, num_classes)
         grad_logits = grad_mean_log_probs = None
         if ctx.needs_input_grad[0]:
             # In place in ψ's buffer: its α and α₀ parts do not overlap.
             digammas = digamma(concentrations)
             grad_logits = (
-                _alpha_view(digammas, batch_size, num_classes)
-                .sub_(_precision_view(digammas, batch_size, num_classes).unsqueeze(1))
+                class_part(digammas, batch_size, num_classes)
+                .sub_(total_part(digammas, batch_size, num_classes).unsqueeze(1))
                 .sub_(mean_log_probs)
                 .mul_(alphas)
                 .mul_(grad_output * constant(temperature / batch_size, dtype))
@@ -247,14 +241,3 @@ class _DirichletNLL(torch.autograd.Function):
                 grad_output * constant(temperature * temperature / batch_size, dtype)
             )
         return grad_logits, grad_mean_log_probs, None
-
-
-# Views of the flat [α | α₀] buffer (as_strided: the cheapest view to make, ~1 µs).
-def _alpha_view(buffer: torch.Tensor, batch_size: int, num_classes: int) -> torch.Tensor:
-    return buffer.as_strided((batch_size, num_classes), (num_classes, 1))
-
-
-def _precision_view(buffer: torch.Tensor, batch_size: int, num_classes: int) -> torch.Tensor:
-    return buffer.as_strided(
-        (batch_size,), (1,), buffer.storage_offset() + batch_size * num_classes
-    )

@@ -17,12 +17,20 @@ References:
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from endd.losses._ops import (
     autocast_disabled,
+    class_part,
     compute_dtype,
+    concentration_buffer,
+    constant,
+    digamma,
+    exp_concentrations,
     reduce_teacher_in_chunks,
-    teacher_log_probs,
+    teacher_statistics,
+    total_part,
+    trigamma,
 )
 from endd.losses._validation import (
     check_logit_shapes,
@@ -87,16 +95,10 @@ def proxy_loss(
     max_precision = check_positive("max_precision", max_precision)
     dtype = compute_dtype(student_logits, teacher_logits)
     target = _proxy_target(teacher_logits, temperature, smoothing, max_precision, dtype)
+    if student_logits.dtype != dtype:
+        student_logits = student_logits.to(dtype)
     with autocast_disabled(student_logits.device.type):
-        log_alphas = student_logits.to(dtype)
-        if temperature != 1.0:
-            log_alphas = log_alphas / temperature
-        # Cap without blocking the gradient (straight-through): a student far out is pushed back.
-        capped = log_alphas.clamp(max=_MAX_LOG_ALPHA[dtype])
-        log_alphas = log_alphas + (capped - log_alphas).detach()
-        alphas = torch.exp(log_alphas) + 1.0
-        kl = dirichlet_kl(alphas, target) if reverse else dirichlet_kl(target, alphas)
-        return kl.mean() * (temperature * temperature)
+        return _ProxyDirichletKL.apply(student_logits, target, temperature, reverse)
 
 
 def proxy_dirichlet_target(
@@ -177,27 +179,93 @@ def _proxy_target(
     max_precision: float,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    return reduce_teacher_in_chunks(
-        lambda chunk: _proxy_target_rows(chunk, temperature, smoothing, max_precision, dtype),
-        teacher_logits.detach(),
-    )
-
-
-def _proxy_target_rows(
-    teacher_logits: torch.Tensor,
-    temperature: float,
-    smoothing: float,
-    max_precision: float,
-    dtype: torch.dtype,
-) -> torch.Tensor:
     num_classes = teacher_logits.shape[-1]
+    mean_log_probs, mean_probs = reduce_teacher_in_chunks(
+        lambda chunk: teacher_statistics(
+            chunk, temperature, smoothing, dtype, with_mean_probs=True
+        ),
+        teacher_logits.detach(),
+    )  # [B, K] each
     with autocast_disabled(teacher_logits.device.type):
-        log_probs = teacher_log_probs(teacher_logits, temperature, smoothing, dtype)
-        mean_log_probs = log_probs.mean(dim=1)  # [B, K]
-        mean_probs = log_probs.exp_().mean(dim=1)  # [B, K]
         # Σ_c p̄_c (ln p̄_c − mean_m ln π_mc): every term is ≥ 0 (Jensen), 0 · anything = 0.
-        gap_terms = mean_probs * (torch.log(mean_probs) - mean_log_probs)
+        # Rounding can leave identical members a gap of −1e-8, clamped to the 0 it is.
+        gap_terms = torch.log(mean_probs).sub_(mean_log_probs).mul_(mean_probs)
         gap = torch.where(mean_probs > 0, gap_terms, torch.zeros((), dtype=dtype)).sum(dim=-1)
+        gap.clamp_(min=0.0)
         # gap = 0 (members agree) gives β̂ = inf, capped; gap = inf gives β̂ = 0 (flat target).
-        precision = ((num_classes - 1) / (2.0 * gap)).clamp(max=max_precision)
-        return mean_probs * precision.unsqueeze(-1) + 1.0
+        precision = ((num_classes - 1) / (2.0 * gap)).clamp_(max=max_precision)
+        return mean_probs.mul(precision.unsqueeze(-1)).add_(1.0)
+
+
+class _ProxyDirichletKL(torch.autograd.Function):
+    """T² · mean_b KL between Dir(α) and the proxy Dir(β), with a hand-written gradient.
+
+    α = exp(min(z / T, cap)) + 1 (the cap is straight-through: the gradient ignores it); β is a
+    constant. With D_c = α_c − β_c and D₀ = α₀ − β₀:
+
+    - reverse, KL(Dir(α) ‖ Dir(β)) = lnΓ(α₀) − Σ lnΓ(α_c) − lnΓ(β₀) + Σ lnΓ(β_c)
+      + Σ_c D_c ψ(α_c) − D₀ ψ(α₀), and ∂KL/∂α_c = D_c ψ'(α_c) − D₀ ψ'(α₀);
+    - forward, KL(Dir(β) ‖ Dir(α)) = −[the lnΓ terms above] − Σ_c D_c ψ(β_c) + D₀ ψ(β₀), and
+      ∂KL/∂α_c = ψ(α_c) − ψ(α₀) − ψ(β_c) + ψ(β₀);
+
+    and ∂/∂z_c = (T / B)(α_c − 1) ∂KL/∂α_c. Concentrations and their sums share one flat buffer
+    (``_ops.concentration_buffer``), so lgamma, digamma and trigamma run once per Dirichlet, and
+    the sums over classes are one ``vdot`` with the signs folded into D. Autograd through
+    ``dirichlet_kl`` calls torch's digamma (a scalar loop on CPU) four times, and for the reverse
+    KL trigamma twice; this calls digamma once (the fast CPU series), and trigamma once.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        student_logits: torch.Tensor,
+        betas: torch.Tensor,
+        temperature: float,
+        reverse: bool,
+    ) -> torch.Tensor:
+        batch_size, num_classes = student_logits.shape
+        dtype = student_logits.dtype
+        alpha_buffer = exp_concentrations(
+            student_logits, temperature, None, _MAX_LOG_ALPHA[dtype], offset=1.0
+        )
+        beta_buffer = concentration_buffer(batch_size, num_classes, student_logits)
+        class_part(beta_buffer, batch_size, num_classes).copy_(betas)
+        torch.sum(betas, dim=-1, out=total_part(beta_buffer, batch_size, num_classes))
+        # Signed so that a sum over the buffer is Σ_c (·)_c − (·)₀.
+        differences = torch.sub(alpha_buffer, beta_buffer)
+        total_part(differences, batch_size, num_classes).neg_()
+        log_gamma_gaps = torch.lgamma(alpha_buffer).sub_(torch.lgamma(beta_buffer))
+        total_part(log_gamma_gaps, batch_size, num_classes).neg_()
+        if reverse:
+            kl_sum = torch.vdot(differences, digamma(alpha_buffer)).sub_(log_gamma_gaps.sum())
+            ctx.save_for_backward(alpha_buffer, differences)
+        else:
+            beta_digammas = digamma(beta_buffer)
+            kl_sum = log_gamma_gaps.sum().sub_(torch.vdot(differences, beta_digammas))
+            ctx.save_for_backward(alpha_buffer, beta_digammas)
+        ctx.temperature = temperature
+        ctx.reverse = reverse
+        ctx.shape = (batch_size, num_classes)
+        return kl_sum.mul_(constant(temperature * temperature / batch_size, dtype))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        alpha_buffer, saved = ctx.saved_tensors
+        batch_size, num_classes = ctx.shape
+        dtype = alpha_buffer.dtype
+        if ctx.reverse:  # D_c ψ'(α_c) − D₀ ψ'(α₀), from the signed D
+            terms = trigamma(alpha_buffer).mul_(saved)
+            grad_alphas = class_part(terms, batch_size, num_classes).add_(
+                total_part(terms, batch_size, num_classes).unsqueeze(1)
+            )
+        else:  # ψ(α_c) − ψ(β_c) − [ψ(α₀) − ψ(β₀)]
+            terms = digamma(alpha_buffer).sub_(saved)
+            grad_alphas = class_part(terms, batch_size, num_classes).sub_(
+                total_part(terms, batch_size, num_classes).unsqueeze(1)
+            )
+        alphas = class_part(alpha_buffer, batch_size, num_classes)
+        grad_logits = grad_alphas.mul_(torch.sub(alphas, constant(1.0, dtype))).mul_(
+            grad_output * constant(ctx.temperature / batch_size, dtype)
+        )
+        return grad_logits, None, None, None
