@@ -52,8 +52,8 @@ def reference_end(z, teacher, temperature) -> float:
     return temperature**2 * float(np.mean(losses))
 
 
-def reference_proxy_target(teacher_row, temperature) -> np.ndarray:
-    members = _member_probs(teacher_row, temperature, 0.0)  # [M, K]
+def reference_proxy_target(teacher_row, temperature, smoothing=0.0) -> np.ndarray:
+    members = _member_probs(teacher_row, temperature, smoothing)  # [M, K]
     mean = members.mean(axis=0)
     mean_log = np.log(members).mean(axis=0)
     gap = sum(mean[c] * (math.log(mean[c]) - mean_log[c]) for c in range(len(mean)))
@@ -117,6 +117,38 @@ def test_proxy_matches_float64_reference(batch, members, classes, temperature, r
         np.testing.assert_allclose(
             target[b].numpy(), reference_proxy_target(teacher[b].numpy(), temperature), rtol=1e-9
         )
+
+
+def test_proxy_target_with_smoothing_matches_float64_reference():
+    _, teacher = _random_logits(32, 5, 6, 20)
+    target = proxy_dirichlet_target(teacher, temperature=2.0, smoothing=1e-3)
+    for b in range(5):
+        np.testing.assert_allclose(
+            target[b].numpy(),
+            reference_proxy_target(teacher[b].numpy(), 2.0, smoothing=1e-3),
+            rtol=1e-9,
+        )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "smoothing", "members", "rtol"),
+    [
+        (torch.float64, 1e-200, 40, 1e-10),  # members multiplied in groups of 2
+        (torch.float32, 1e-30, 7, 1e-5),  # groups of 2, 2, 2 and 1
+        (torch.float32, 1e-42, 3, 1e-5),  # no product: one log per member
+        (torch.float32, 1e-3, 10, 1e-5),  # one product over all members
+        (torch.float32, 0.0, 10, 1e-5),  # no elementwise log
+    ],
+)
+@pytest.mark.parametrize("classes", [5, 40])  # both CPU layouts (short and long class axis)
+def test_teacher_statistic_matches_float64_reference(dtype, smoothing, members, rtol, classes):
+    _, teacher = _random_logits(31, 6, members, classes)
+    statistic = mean_teacher_log_probs(teacher.to(dtype), temperature=1.5, smoothing=smoothing)
+    assert statistic.dtype == dtype and statistic.is_contiguous()
+    expected = np.stack(
+        [np.log(_member_probs(row, 1.5, smoothing)).mean(axis=0) for row in teacher.numpy()]
+    )
+    np.testing.assert_allclose(statistic.double().numpy(), expected, rtol=rtol, atol=rtol)
 
 
 def test_float32_losses_are_close_to_float64():
