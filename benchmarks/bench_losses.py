@@ -9,9 +9,14 @@ reference. Measurements are interleaved in rounds, so background load hits every
 the median and the best round are reported (the best round is the better estimate of the
 uncontended cost when other processes share the CPU).
 
+``--lower-bound`` adds a second table: the elementwise work any implementation must do (read the
+teacher with one exp per element, and a log per element for ε > 0; one lgamma and one digamma per
+student concentration), against the same cross-entropy.
+
 Usage:
     .venv/bin/python benchmarks/bench_losses.py                # B=512, M=10, K=10 and 1000
     .venv/bin/python benchmarks/bench_losses.py --threads 1 --classes 10 100 1000
+    .venv/bin/python benchmarks/bench_losses.py --threads 1 --classes 1000 --lower-bound
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from endd.losses import (
     mean_teacher_log_probs,
     proxy_loss,
 )
+from endd.losses._ops import digamma
+from endd.models.allocator import keep_freed_memory
 
 
 def _cpu_name() -> str:
@@ -65,13 +72,10 @@ def bench(
     batch: int, members: int, classes: int, temperature: float, smoothing: float, rounds: int
 ) -> dict[str, tuple[float, float]]:
     """(median, best) seconds per forward+backward call of each loss for one problem size."""
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(batch, classes, generator=generator).requires_grad_(True)
-    teacher = torch.randn(batch, members, classes, generator=generator) * 3.0
-    labels = torch.softmax(teacher, dim=-1).mean(dim=1).argmax(dim=-1)
+    logits, teacher, labels = _problem(batch, members, classes)
     statistic = mean_teacher_log_probs(teacher, temperature=temperature, smoothing=smoothing)
     steps = {
-        "cross-entropy (baseline)": _forward_backward(lambda z: F.cross_entropy(z, labels), logits),
+        BASELINE: _forward_backward(lambda z: F.cross_entropy(z, labels), logits),
         "EnD² (teacher logits [B,M,K])": _forward_backward(
             lambda z: endd_loss(z, teacher, temperature=temperature, smoothing=smoothing), logits
         ),
@@ -85,6 +89,48 @@ def bench(
             lambda z: proxy_loss(z, teacher, temperature=temperature), logits
         ),
     }
+    return _interleaved(steps, rounds)
+
+
+def bench_lower_bound(
+    batch: int, members: int, classes: int, rounds: int
+) -> dict[str, tuple[float, float]]:
+    """(median, best) seconds of the elementwise work no EnD² implementation can skip.
+
+    From teacher logits the loss must read every teacher element and exponentiate it (softmax),
+    and for ε > 0 the smoothed probabilities have no closed-form logarithm; the student needs a
+    lnΓ per concentration forward and a ψ backward. Outputs go to preallocated buffers.
+    """
+    logits, teacher, labels = _problem(batch, members, classes)
+    out = torch.empty_like(teacher)
+    concentrations = torch.rand(batch, classes) * 5 + 0.1
+    student_out = torch.empty_like(concentrations)
+    steps = {
+        BASELINE: _forward_backward(lambda z: F.cross_entropy(z, labels), logits),
+        "teacher: read once (sum)": lambda: teacher.sum(),
+        "teacher: exp per element": lambda: torch.exp(teacher, out=out),
+        "teacher: exp2 per element": lambda: torch.exp2(teacher, out=out),
+        "teacher: exp + log per element": lambda: torch.log(torch.exp(teacher, out=out), out=out),
+        "student: lgamma per element": lambda: torch.lgamma(concentrations, out=student_out),
+        "student: fast digamma per element": lambda: digamma(concentrations),
+    }
+    return _interleaved(steps, rounds)
+
+
+BASELINE = "cross-entropy (baseline)"
+
+
+def _problem(batch: int, members: int, classes: int):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(batch, classes, generator=generator).requires_grad_(True)
+    teacher = torch.randn(batch, members, classes, generator=generator) * 3.0
+    labels = torch.softmax(teacher, dim=-1).mean(dim=1).argmax(dim=-1)
+    return logits, teacher, labels
+
+
+def _interleaved(
+    steps: dict[str, Callable[[], object]], rounds: int
+) -> dict[str, tuple[float, float]]:
     # Size each timing block to ~20 ms of the slowest step, so timer overhead is negligible.
     for step in steps.values():
         step()
@@ -92,9 +138,18 @@ def bench(
     calls = max(1, int(0.02 / slowest))
     samples: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
-        for name, step in steps.items():  # interleaved: background load hits every loss alike
+        for name, step in steps.items():  # interleaved: background load hits every step alike
             samples[name].append(_time_per_call(step, calls))
     return {name: (statistics.median(values), min(values)) for name, values in samples.items()}
+
+
+def _print_table(classes: int, times: dict[str, tuple[float, float]]) -> None:
+    base_median, base_best = times[BASELINE]
+    for name, (median, best) in times.items():
+        print(
+            f"| {classes} | {name} | {median * 1e3:.3f} | {median / base_median:.2f} "
+            f"| {best * 1e3:.3f} | {best / base_best:.2f} |"
+        )
 
 
 def main() -> None:
@@ -106,30 +161,45 @@ def main() -> None:
     parser.add_argument("--smoothing", type=float, default=1e-3)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch)")
+    parser.add_argument(
+        "--lower-bound",
+        action="store_true",
+        help="also time the unavoidable elementwise work (exp/log per teacher element, ...)",
+    )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed memory, as endd's CPU training sets it (default: glibc's malloc)",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory and not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory needs Linux with glibc")
 
     load_before = os.getloadavg()
     print(f"machine: {platform.platform()}; CPU: {_cpu_name()}; {os.cpu_count()} logical cores")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32; "
         f"B={args.batch}, M={args.members}, T={args.temperature}, ε={args.smoothing}; "
-        f"{args.rounds} interleaved rounds"
+        f"{args.rounds} interleaved rounds; "
+        f"malloc: {'keeps freed memory' if args.keep_freed_memory else 'glibc default'}"
     )
     print()
-    print("| K | loss (forward + backward) | median ms | × CE (median) | best ms | × CE (best) |")
+    header = "| K | {} | median ms | × CE (median) | best ms | × CE (best) |"
+    print(header.format("loss (forward + backward)"))
     print("|---:|---|---:|---:|---:|---:|")
     for classes in args.classes:
-        times = bench(
-            args.batch, args.members, classes, args.temperature, args.smoothing, args.rounds
+        _print_table(
+            classes,
+            bench(args.batch, args.members, classes, args.temperature, args.smoothing, args.rounds),
         )
-        base_median, base_best = times["cross-entropy (baseline)"]
-        for name, (median, best) in times.items():
-            print(
-                f"| {classes} | {name} | {median * 1e3:.3f} | {median / base_median:.2f} "
-                f"| {best * 1e3:.3f} | {best / base_best:.2f} |"
-            )
+    if args.lower_bound:
+        print()
+        print(header.format("unavoidable work (lower bound)"))
+        print("|---:|---|---:|---:|---:|---:|")
+        for classes in args.classes:
+            _print_table(classes, bench_lower_bound(args.batch, args.members, classes, args.rounds))
     load_after = os.getloadavg()
     print()
     print(
