@@ -41,6 +41,10 @@ def test_override_value_can_be_null():
         ({}, ["seed"], "not of the form key.sub=value"),
         ({"data": 3}, [], "must be a mapping"),
         ({}, ["students.temperature.hold_fraction=0.9"], "hold_fraction"),
+        ({}, ["students.aux_weight=0"], "aux_weight' must be a positive finite number"),
+        ({}, ["students.aux_weight=-0.5"], "aux_weight' must be a positive finite number"),
+        ({}, ["students.aux_weight=.inf"], "aux_weight' must be a positive finite number"),
+        ({}, ["students.aux_weight=true"], "aux_weight' must be a positive finite number"),
     ],
 )
 def test_invalid_configs_name_the_problem(user, overrides, match):

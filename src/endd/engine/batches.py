@@ -7,7 +7,8 @@ run would, which is what makes a killed run's final metrics equal an uninterrupt
 
 A loader may mix *groups* of data in every batch: with training data (the primary group) and
 auxiliary data, each batch is ``batch_size`` training samples plus an equal share of the auxiliary
-set, so one epoch passes once over each group and the number of steps is set by the training set.
+set, so one epoch passes once over each group and the number of steps is set by the training set;
+such a batch ends with a boolean mask of its auxiliary rows, so the loss can weight them.
 """
 
 from __future__ import annotations
@@ -113,9 +114,19 @@ def batch_loader(
         batch_size: primary samples per batch.
         seed: with the epoch, fixes the shuffle.
         extra: an optional second group of the same arity (e.g. auxiliary inputs and their
-            teacher logits), split evenly across the batches and appended to each.
+            teacher logits), split evenly across the batches and appended to each. With it,
+            every batch gets one more tensor, last: a bool mask [B] that is True on the rows
+            from ``extra``.
     """
-    groups = [tensors] if extra is None else [tensors, tuple(extra)]
+    if not tensors:
+        raise ValueError("batch_loader needs at least one tensor")
+    if extra is None:
+        groups = [tensors]
+    else:
+        extra = tuple(extra)
+        primary_mask = torch.zeros(len(tensors[0]), dtype=torch.bool)
+        extra_mask = torch.ones(len(extra[0]) if extra else 0, dtype=torch.bool)
+        groups = [(*tensors, primary_mask), (*extra, extra_mask)]
     dataset = TensorBatches(groups)
     sampler = EpochSeededBatchSampler(dataset.sizes, batch_size, seed=seed, shuffle=shuffle)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_keep_batch, num_workers=0)

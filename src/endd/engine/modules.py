@@ -106,8 +106,15 @@ class StudentModule(_TrainingModule):
     """Distills an ensemble into ``model`` (``[B, K]`` logits) with one of the losses.
 
     The batch is ``(x, teacher_logits [B, M, K])`` for a cached teacher, or ``(x,)`` with an
-    online ``teacher`` module run on the same (augmented) inputs the student sees. The
-    temperature follows ``schedule`` by optimiser step; the schedule's state is saved in the
+    online ``teacher`` module run on the same (augmented) inputs the student sees. A batch that
+    mixes in auxiliary inputs (see :func:`endd.engine.batch_loader`) ends with a bool mask [B] of
+    the auxiliary rows; the loss is then the weighted mean over the batch, each auxiliary input
+    weighted ``aux_weight`` against 1 for a training input:
+
+        loss = (n_train · L_train + aux_weight · n_aux · L_aux) / (n_train + aux_weight · n_aux),
+
+    with L_train, L_aux the loss averaged over each part (``aux_weight`` = 1 is the plain mean).
+    The temperature follows ``schedule`` by optimiser step; the schedule's state is saved in the
     checkpoint, so a resumed run anneals exactly as an uninterrupted one.
     """
 
@@ -122,9 +129,13 @@ class StudentModule(_TrainingModule):
         weight_decay: float = 0.0,
         augment: Augment | None = None,
         teacher: nn.Module | None = None,
+        aux_weight: float = 1.0,
     ) -> None:
         super().__init__(lr, weight_decay, augment)
+        if not 0 < aux_weight < float("inf"):
+            raise ValueError(f"aux_weight must be positive and finite, got {aux_weight}")
         self.model = model
+        self.aux_weight = float(aux_weight)
         self.loss_name = loss
         self.loss_fn = losses.get_loss(loss)
         self.schedule = schedule
@@ -137,6 +148,9 @@ class StudentModule(_TrainingModule):
         return float(self.schedule(self.global_step))
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        is_aux = None
+        if batch[-1].dtype == torch.bool:
+            batch, is_aux = batch[:-1], batch[-1]
         x = self._inputs(batch[0])
         if len(batch) > 1:
             teacher_logits = batch[1].float()
@@ -146,9 +160,27 @@ class StudentModule(_TrainingModule):
         kwargs: dict[str, Any] = {"temperature": self.temperature()}
         if self.loss_name == "endd":
             kwargs["smoothing"] = self.smoothing
-        loss = self.loss_fn(self.model(x).float(), teacher_logits, **kwargs)
+        student_logits = self.model(x).float()  # one forward pass over training and aux rows
+        loss = self._weighted_loss(student_logits, teacher_logits, is_aux, kwargs)
         self._record(loss, len(x))
         return loss
+
+    def _weighted_loss(
+        self, student: Tensor, teacher: Tensor, is_aux: Tensor | None, kwargs: dict[str, Any]
+    ) -> Tensor:
+        """The loss over the batch, auxiliary rows weighted ``aux_weight`` (see the class doc)."""
+        if is_aux is None or self.aux_weight == 1.0:
+            return self.loss_fn(student, teacher, **kwargs)
+        is_aux = is_aux.to(student.device)
+        n_aux = int(is_aux.sum())
+        n_train = len(is_aux) - n_aux
+        if n_aux == 0 or n_train == 0:  # one part only: its plain mean
+            return self.loss_fn(student, teacher, **kwargs)
+        is_train = ~is_aux
+        train_loss = self.loss_fn(student[is_train], teacher[is_train], **kwargs)
+        aux_loss = self.loss_fn(student[is_aux], teacher[is_aux], **kwargs)
+        weighted_aux = self.aux_weight * n_aux
+        return (n_train * train_loss + weighted_aux * aux_loss) / (n_train + weighted_aux)
 
     def on_train_epoch_end(self) -> None:
         self.epoch_temperatures.append(self.temperature())

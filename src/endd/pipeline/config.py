@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
             "decay_end_fraction": 0.7,
         },
         "end_temperature": 1.0,  # EnD's fixed distillation temperature
+        # +AUX students: weight of each auxiliary input in the loss relative to a training input
+        # (the loss is the weighted mean over the batch; 1 = every input counts the same)
+        "aux_weight": 1.0,
     },
     "trainer": {
         "accelerator": "cpu",
@@ -212,6 +216,13 @@ def validate_config(config: dict[str, Any]) -> None:
         "in [0, 1]",
     )
     _positive_number(config, "students.end_temperature")
+    aux_weight = config["students"]["aux_weight"]
+    _require(
+        isinstance(aux_weight, (int, float))
+        and not isinstance(aux_weight, bool)
+        and 0 < aux_weight < math.inf,
+        f"config key 'students.aux_weight' must be a positive finite number, got {aux_weight!r}",
+    )
     smoothing = config["students"]["smoothing"]
     _require(
         isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,

@@ -190,6 +190,7 @@ def distill(
     online = section["teacher"] == "online"
     # +AUX students see, in every batch, batch_size training inputs plus an equal share of the
     # auxiliary set: one epoch passes once over each, in as many steps as the plain students.
+    # Each auxiliary input weighs students.aux_weight in the loss (see StudentModule).
     extra: tuple[torch.Tensor, ...] | None = None
     if online:
         tensors: tuple[torch.Tensor, ...] = (data.x_train,)
@@ -214,6 +215,7 @@ def distill(
         weight_decay=section["weight_decay"],
         augment=_augment(config),
         teacher=teacher,
+        aux_weight=section["aux_weight"],
     )
     _fit_and_save(
         folder,
