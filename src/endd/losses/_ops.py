@@ -10,7 +10,7 @@ dominate at the sizes distillation uses (B = 512, M = 10, K = 10 … 1000):
   axis is short (K = 10: 5× slower than four plain tensor ops); below ``_SMALL_CLASS_AXIS``
   classes the composite form is used on CPU.
 - Transcendental functions. On this project's CPUs torch's float32 ``exp`` costs ~1 ns per
-  element, ``exp2`` ~0.4 ns, ``log`` ~1.4 ns, ``lgamma`` ~9 ns and ``digamma`` ~20 ns (a scalar
+  element, ``exp2`` ~0.4 ns, ``log`` ~1.4 ns, ``lgamma`` ~6–9 ns and ``digamma`` ~20 ns (a scalar
   loop). The teacher statistic therefore uses ``exp2`` with ln 2 folded into the temperature
   scale, takes one ``log`` of a product over members instead of M logs (``teacher_statistics``),
   and in float32 on CPU digamma is a shifted asymptotic series (``digamma``).
