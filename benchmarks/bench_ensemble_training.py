@@ -15,6 +15,12 @@ warm-up run; the table shows the median and the best round (the CPU is shared, a
 round is the least disturbed one). glibc is told to keep freed memory unless
 ``--glibc-default`` (see :mod:`endd.models.allocator`).
 
+A second table bounds what batching could gain: the matmul and convolution FLOPs of one member's
+training step (``torch.utils.flop_counter``), the rate the sequential variant achieves, and the
+rate of one large dense matmul (2048³ float32) on the same threads. Batching rearranges the same
+arithmetic, so unless it runs faster than a dense matmul its speed-up over sequential is at most
+the ratio of the two rates.
+
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_ensemble_training.py
@@ -34,6 +40,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from endd.models import build_model
 from endd.models.allocator import keep_freed_memory
@@ -136,6 +143,30 @@ def workload(model: str, x, y, steps: int, batch: int, options: dict) -> dict[st
     }
 
 
+def step_flops(model: str, x, y, batch: int, options: dict) -> int:
+    """Matmul/convolution FLOPs of one member's training step (forward + backward)."""
+    member = build_model(
+        model, num_classes=int(y.max()) + 1, input_shape=tuple(x.shape[1:]), **options
+    )
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(member(x[:batch]), y[:batch]).backward()
+    return counter.get_total_flops()
+
+
+def dense_matmul_rate(size: int = 2048, rounds: int = 5) -> float:
+    """FLOP/s of the best of ``rounds`` float32 ``size``³ matmuls (after a warm-up)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(rounds))
+    return 2 * size**3 / best
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def time_variants(variants: dict[str, Callable], rounds: int) -> dict[str, list[float]]:
     """Seconds per run of each variant, over ``rounds`` interleaved rounds after a warm-up."""
     for run in variants.values():  # warm-up: allocator, oneDNN kernel selection
@@ -171,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     workloads: dict[str, tuple[int, dict[str, Callable]]] = {}
+    flops: dict[str, int] = {}
     if args.only in (None, "mlp"):
         points, labels = torch.randn(3000, 2), torch.randint(0, 3, (3000,))
         name = f"(a) {MEMBERS}× MLP 2-100-100-3, 3000 points"
@@ -178,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             "mlp", points, labels, args.mlp_steps, args.batch, {"hidden": (100, 100)}
         )
         workloads[name] = (args.mlp_steps, variants)
+        flops[name] = step_flops("mlp", points, labels, args.batch, {"hidden": (100, 100)})
     if args.only in (None, "cnn"):
         images, labels = torch.randn(3000, 1, 28, 28), torch.randint(0, 10, (3000,))
         name = f"(b) {MEMBERS}× small CNN, 28×28"
@@ -185,11 +218,13 @@ def main(argv: list[str] | None = None) -> None:
             args.cnn_steps,
             workload("small_cnn", images, labels, args.cnn_steps, args.batch, {}),
         )
+        flops[name] = step_flops("small_cnn", images, labels, args.batch, {})
 
     load_before = os.getloadavg()
     results = {
         name: time_variants(variants, args.rounds) for name, (_, variants) in workloads.items()
     }
+    matmul_rate = dense_matmul_rate()
     load_after = os.getloadavg()
 
     print(
@@ -217,6 +252,20 @@ def main(argv: list[str] | None = None) -> None:
                 f"{MEMBERS * args.batch * steps / median:,.0f} | "
                 f"{sequential_median / median:.2f}× | {sequential_best / best:.2f}× |"
             )
+
+    print(f"\ndense float32 matmul 2048³: {matmul_rate / 1e9:.0f} GFLOP/s\n")
+    print(
+        "| workload | matmul+conv FLOP per member step | sequential GFLOP/s (best) "
+        "| share of dense matmul | batching speed-up ceiling |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for name, timings in results.items():
+        steps = workloads[name][0]
+        rate = flops[name] * MEMBERS * steps / min(timings["sequential"])
+        print(
+            f"| {name} | {flops[name] / 1e6:,.0f} M | {rate / 1e9:.1f} | "
+            f"{rate / matmul_rate:.0%} | {matmul_rate / rate:.1f}× |"
+        )
 
 
 if __name__ == "__main__":
