@@ -321,6 +321,22 @@ def test_losses_under_bf16_autocast(loss_function):
     assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("loss_function", [endd_loss, end_loss, proxy_loss])
+@pytest.mark.parametrize("classes", [10, 100])
+def test_losses_run_off_the_cpu_without_mixing_devices(loss_function, classes):
+    """The non-CPU code path, on the meta device: like CUDA, it refuses any CPU operand other
+    than a zero-dimensional one, so a device-mixing bug fails here without a GPU."""
+    student = torch.randn(8, classes, device="meta", requires_grad=True)
+    teacher = torch.randn(8, 5, classes, device="meta")
+    kwargs = {"smoothing": 1e-3} if loss_function is endd_loss else {}
+    loss = loss_function(student, teacher, temperature=2.0, **kwargs)
+    loss.backward()
+    assert loss.device.type == "meta" and loss.shape == ()
+    assert student.grad.device.type == "meta" and student.grad.shape == student.shape
+    with pytest.raises(RuntimeError, match="device"):  # the check this test relies on
+        torch.ones(3) + torch.ones(3, device="meta")
+
+
 # ---------------------------------------------------------------------------------------------
 # Definitions: averages over members, temperature, teacher log-probabilities, closed forms
 # ---------------------------------------------------------------------------------------------
