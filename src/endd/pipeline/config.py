@@ -155,12 +155,13 @@ def _positive_int(config: dict[str, Any], dotted: str) -> None:
     )
 
 
-def _positive_number(config: dict[str, Any], dotted: str) -> None:
+def _positive_number(config: dict[str, Any], dotted: str, *, finite: bool = False) -> None:
     value = get(config, dotted)
-    _require(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-        f"config key '{dotted}' must be a positive number, got {value!r}",
-    )
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if finite:
+        valid = valid and value < math.inf
+    kind = "positive finite number" if finite else "positive number"
+    _require(valid, f"config key '{dotted}' must be a {kind}, got {value!r}")
 
 
 def get(config: Mapping[str, Any], dotted: str) -> Any:
@@ -216,13 +217,7 @@ def validate_config(config: dict[str, Any]) -> None:
         "in [0, 1]",
     )
     _positive_number(config, "students.end_temperature")
-    aux_weight = config["students"]["aux_weight"]
-    _require(
-        isinstance(aux_weight, (int, float))
-        and not isinstance(aux_weight, bool)
-        and 0 < aux_weight < math.inf,
-        f"config key 'students.aux_weight' must be a positive finite number, got {aux_weight!r}",
-    )
+    _positive_number(config, "students.aux_weight", finite=True)
     smoothing = config["students"]["smoothing"]
     _require(
         isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
