@@ -144,12 +144,12 @@ def _build_with_weights(
         with torch.device("meta"):
             network = build()
         network.load_state_dict(weights, assign=True)
+        if not any(tensor.is_meta for tensor in [*network.parameters(), *network.buffers()]):
+            return network
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        network = None
-    tensors = [] if network is None else [*network.parameters(), *network.buffers()]
-    if network is None or any(tensor.is_meta for tensor in tensors):
-        network = build()
-        network.load_state_dict(weights)
+        pass
+    network = build()
+    network.load_state_dict(weights)
     return network
 
 
