@@ -120,6 +120,32 @@ def tables(all_metrics: list[dict]) -> str:
     return "\n".join(out)
 
 
+def per_seed_table(seeds: list[int], all_metrics: list[dict]) -> str:
+    """Each seed's test error per model and EnD²'s knowledge-uncertainty OOD AUROC as a share of
+    the ensemble's, per OOD set."""
+    models = list(all_metrics[0]["models"])
+    sets = list(all_metrics[0]["models"]["ensemble"]["ood"]) if "endd" in models else []
+    header = (
+        ["seed"]
+        + [f"{MODEL_TITLES.get(model, model)} error %" for model in models]
+        + [f"EnD² K.Unc AUROC {s}, % of ensemble" for s in sets]
+    )
+    rows = []
+    for seed, metrics in zip(seeds, all_metrics, strict=True):
+        scores = metrics["models"]
+        shares = [
+            scores["endd"]["ood"][s]["auroc"]["knowledge"]
+            / scores["ensemble"]["ood"][s]["auroc"]["knowledge"]
+            for s in sets
+        ]
+        rows.append(
+            [str(seed)]
+            + [f"{100 * scores[model]['error']:.1f}" for model in models]
+            + [f"{100 * share:.0f}" for share in shares]
+        )
+    return "\n".join(["### Per seed", "", _table(header, rows), ""])
+
+
 def write_doc(doc: Path, body: str) -> None:
     text = doc.read_text() if doc.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
@@ -142,13 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     user = load_yaml(args.config)
-    all_metrics, walls = [], []
+    all_metrics = []
     for seed in args.seeds:
         out = Path(args.runs) / f"seed{seed}"
         print(f"== seed {seed} → {out}", file=sys.stderr, flush=True)
-        start = time.perf_counter()
         run = run_config(user, out, [*args.overrides, f"seed={seed}"])
-        walls.append(time.perf_counter() - start)
         all_metrics.append(json.loads(run.metrics.read_text()))
     command = " ".join(["python scripts/results.py", *sys.argv[1:]] if argv is None else argv)
     machine = (
@@ -163,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             "training times (on the CPU they train in parallel, one per core).",
             "",
             tables(all_metrics),
+            per_seed_table(args.seeds, all_metrics),
         ]
     )
     write_doc(Path(args.doc), body)
