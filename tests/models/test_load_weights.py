@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from tiny_models import TINY_BACKBONES
 from torch import nn
 
+from endd.errors import RunDirError
 from endd.models import build_model
-from endd.pipeline.run_dir import _build_with_weights
+from endd.models.prior import Predictor
+from endd.pipeline.run_dir import _build_with_weights, load_model, save_model
 
 
 @pytest.mark.parametrize("backbone_id", sorted(TINY_BACKBONES))
@@ -71,3 +74,43 @@ def test_modules_the_shortcut_cannot_build_are_built_the_ordinary_way(module):
 def test_mismatched_weights_still_raise():
     with pytest.raises(RuntimeError, match="Missing key"):
         _build_with_weights(_WithHiddenBuffer, {"fc.weight": torch.zeros(2, 3)})
+
+
+def _saved_mlp(folder):
+    spec = {
+        "backbone": "mlp",
+        "num_classes": 3,
+        "input_shape": [2],
+        "members": 1,
+        "backbone_kwargs": {"hidden": [4]},
+        "kind": "dirichlet",
+    }
+    network = build_model("mlp", num_classes=3, input_shape=(2,), members=1, hidden=(4,))
+    save_model(folder, Predictor(network, kind="dirichlet", spec=spec), spec)
+    return network
+
+
+def test_load_model_round_trip(tmp_path):
+    network = _saved_mlp(tmp_path)
+    loaded = load_model(tmp_path)
+    inputs = torch.randn(5, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network(inputs), network.eval()(inputs))
+
+
+def test_truncated_weights_file_is_a_run_dir_error(tmp_path):
+    _saved_mlp(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(RunDirError, match=r"cannot read .*model.safetensors.*rerun its stage"):
+        load_model(tmp_path)
+
+
+def test_weights_that_do_not_fit_the_sidecar_are_a_run_dir_error(tmp_path):
+    _saved_mlp(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(str(weights))
+    state.pop(next(key for key in state if key.startswith("network.")))
+    save_file(state, str(weights))
+    with pytest.raises(RunDirError, match=r"does not fit the model described in .*Missing key"):
+        load_model(tmp_path)

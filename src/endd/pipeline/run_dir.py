@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from endd.errors import RunDirError
@@ -108,7 +109,13 @@ def load_model(folder: Path) -> Predictor:
     if not sidecar.is_file():
         raise RunDirError(f"no finished model in {folder} (model.json missing)")
     spec = artifacts.read_json(sidecar)
-    state = load_file(str(folder / "model.safetensors"))
+    weights_path = folder / "model.safetensors"
+    try:
+        state = load_file(str(weights_path))
+    except (OSError, SafetensorError) as error:
+        raise RunDirError(
+            f"cannot read {weights_path} ({error}); delete {folder} and rerun its stage"
+        ) from None
     mean, std = state.pop("mean", None), state.pop("std", None)
     weights = {k.removeprefix("network."): v for k, v in state.items()}
 
@@ -121,7 +128,14 @@ def load_model(folder: Path) -> Predictor:
             **spec["backbone_kwargs"],
         )
 
-    network = _build_with_weights(build, weights)
+    try:
+        network = _build_with_weights(build, weights)
+    except RuntimeError as error:
+        details = " ".join(str(error).split())
+        raise RunDirError(
+            f"{weights_path} does not fit the model described in {sidecar} ({details}); "
+            f"delete {folder} and rerun its stage"
+        ) from None
     if spec["kind"] in ("dirichlet", "proxy_dirichlet"):
         proxy = spec["kind"] == "proxy_dirichlet"
         predictor = PriorNetwork(network, proxy=proxy, mean=mean, std=std, spec=spec)
