@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from endd.config import resolve_config
 from endd.errors import DataError, RunDirError
 from endd.models.prior import Predictor
-from endd.pipeline import artifacts
-from endd.pipeline.run import run_config
-from endd.pipeline.run_dir import RunDir, load_model
-from endd.pipeline.stages import STUDENTS
+from endd.pipeline.run import run_stages
+from endd.store import RunDir, artifacts
+from endd.store.models import load_model
 
 
 class Run:
@@ -58,8 +58,7 @@ class Run:
         """Every finished student by method name (Prior Networks for the EnD² methods)."""
         return {
             method: load_model(self._dir.student(method))
-            for method in STUDENTS
-            if (self._dir.student(method) / "model.json").is_file()
+            for method in self._dir.finished_students()
         }
 
     def model(self, name: str) -> Predictor:
@@ -79,26 +78,6 @@ class Run:
 def load_run(root: str | Path) -> Run:
     """Open a run directory made by ``endd run``/``endd demo`` or :func:`distill_arrays`."""
     return Run(root)
-
-
-def _nested(dotted: Mapping[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in dotted.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
-
-
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def distill_arrays(
@@ -123,7 +102,8 @@ def distill_arrays(
         x_ood: OOD evaluation sets by name.
         out: run directory (a new temporary directory if None).
         methods: student methods to train.
-        overrides: dotted config keys, e.g. ``{"ensemble.members": 5, "students.epochs": 100}``.
+        overrides: dotted config keys, e.g. ``{"ensemble.members": 5, "students.epochs": 100}``,
+            checked exactly as the CLI's ``--set`` (a wrong key or value raises ConfigError).
         quiet: no progress output.
 
     Returns:
@@ -150,16 +130,16 @@ def distill_arrays(
         arrays["x_aux"] = np.asarray(x_aux)
     for name, x in (x_ood or {}).items():
         arrays[f"x_ood_{name}"] = np.asarray(x)
+    data_file = out.resolve() / "data.npz"
+    user = {
+        "name": out.name,
+        "data": {"name": "npz", "path": str(data_file)},
+        "students": {"methods": list(methods)},
+    }
+    config = resolve_config(user, overrides or {})  # a bad override fails before any write
     out.mkdir(parents=True, exist_ok=True)
-    data_file = out / "data.npz"
     with artifacts.atomic_path(data_file) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
-    config = {
-        "name": out.name,
-        "data": {"name": "npz", "path": str(data_file.resolve()), "aux": "x_aux", "ood": []},
-        "students": {"methods": list(methods)},
-    }
-    _merge(config, _nested(overrides or {}))
-    run_config(config, out, quiet=quiet)
+    run_stages(out, config=config, progress=False if quiet else None)
     return Run(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from importlib import resources
@@ -37,7 +38,12 @@ def builtin_config(name: str) -> Path:
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, overrides: bool = True) -> None:
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="only warnings and errors: no progress bars"
+    )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="also debug messages (and tracebacks)"
+    )
     if overrides:
         parser.add_argument(
             "--set",
@@ -104,39 +110,112 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--root", required=True, help="folder to put the dataset in")
     download.add_argument("--base-url", default=None, help=argparse.SUPPRESS)
     _add_run_options(download, overrides=False)
+    _add_config_commands(commands)
     return parser
 
 
+def _add_config_commands(commands: argparse._SubParsersAction) -> None:
+    config = commands.add_parser("config", help="show a resolved config, or the config schema")
+    actions = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show",
+        help="print CONFIG with the overrides applied and every default written out",
+        description="Resolve CONFIG and the --set overrides exactly as `endd run` would and print "
+        "the result as YAML (nothing is run or written).",
+    )
+    show.add_argument("config", help="YAML config file (see configs/)")
+    show.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, dotted, value read as YAML (repeatable)",
+    )
+    actions.add_parser(
+        "schema",
+        help="print the JSON schema of a config file",
+        description="Print the JSON schema of a config file: every key, its type and default.",
+    )
+
+
+def _config_command(args: argparse.Namespace) -> None:
+    import json
+
+    from endd.config import config_schema, dump_config, load_yaml, resolve_config
+
+    if args.config_command == "show":
+        print(dump_config(resolve_config(load_yaml(args.config), args.overrides)), end="")
+    else:
+        print(json.dumps(config_schema(), indent=2))
+
+
 def _dispatch(args: argparse.Namespace) -> None:
-    from endd.pipeline.config import load_yaml
-    from endd.pipeline.run import run_config, run_stages
+    if args.command == "config":
+        _config_command(args)
+        return
+    from endd.config import load_yaml, resolve_config
+    from endd.pipeline.run import run_stages
+    from endd.store import RunDir
 
     if args.command in ("demo", "run"):
-        config = builtin_config("spiral") if args.command == "demo" else args.config
-        run = run_config(load_yaml(config), args.out, args.overrides, quiet=args.quiet)
+        path = builtin_config("spiral") if args.command == "demo" else args.config
+        config = resolve_config(load_yaml(path), args.overrides)
+        _tune_allocator(config)
+        run = run_stages(args.out, config=config)
         if not args.quiet:
             print(f"report: {run.report}")
     elif args.command in ("ensemble", "distill", "evaluate", "report"):
         if not Path(args.run_dir).is_dir():
             raise EnddError(f"run directory not found: {args.run_dir}")
-        run_stages(
-            args.run_dir, [args.command], quiet=args.quiet, force=getattr(args, "force", False)
-        )
+        if args.command in ("ensemble", "distill"):
+            _tune_allocator(RunDir(Path(args.run_dir)).read_config())
+        run_stages(args.run_dir, [args.command], force=getattr(args, "force", False))
     elif args.command == "data":
         from endd.data.download import download
 
-        path = download(args.name, args.root, base_url=args.base_url, progress=not args.quiet)
-        if not args.quiet:
-            print(f"{args.name} is in {path}")
+        show = sys.stderr.isatty() and log.isEnabledFor(logging.INFO)
+        path = download(args.name, args.root, base_url=args.base_url, progress=show)
+        log.info("%s is in %s", args.name, path)
+
+
+log = logging.getLogger("endd")
+
+
+def _tune_allocator(config: dict) -> None:
+    """Training on the CPU: keep freed memory in this process (once; the library never changes
+    process-wide settings itself). See :mod:`endd.models.allocator`."""
+    if config["trainer"]["accelerator"] == "cpu":
+        from endd.models.allocator import keep_freed_memory
+
+        keep_freed_memory()
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """The ``endd`` logger's messages to stderr, once per process: INFO by default, WARNING
+    with ``--quiet``, DEBUG with ``--verbose``. The library itself only logs."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for old in [h for h in log.handlers if getattr(h, "_endd_cli", False)]:
+        log.removeHandler(old)
+    handler._endd_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Library deprecation chatter is not for users; spawned student processes inherit this.
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    verbose = getattr(args, "verbose", False)
+    configure_logging(getattr(args, "quiet", False), verbose)
     try:
         _dispatch(args)
     except (EnddError, ValueError, FileNotFoundError) as err:
+        if verbose:
+            raise
         print(f"endd: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from endd.config import resolve_config
 from endd.data import load_data
 from endd.data.spiral import AUX_RADIUS, SPIRAL_RADIUS, make_spirals
 from endd.errors import ConfigError, DataError
-from endd.pipeline.config import resolve_config
 
 
 def test_spirals_follow_the_authors_generator():
@@ -40,9 +40,8 @@ def test_spiral_bundle_is_standardised_and_seeded():
 
 
 def test_unknown_spiral_ood_set():
-    config = resolve_config({}, ["data.ood=[moon]"])
-    with pytest.raises(ConfigError, match="unknown OOD set 'moon'"):
-        load_data(config["data"], seed=0)
+    with pytest.raises(ConfigError, match=r"data\.ood\[0\]' must be 'far' or 'uniform'"):
+        resolve_config({}, ["data.ood=[moon]"])
 
 
 def _npz(path, **arrays):
@@ -100,5 +99,5 @@ def test_npz_missing_file_and_keys(tmp_path):
         load_data(resolve_config({}, ["data.name=npz", f"data.path={tmp_path}/x.npz"])["data"], 0)
     with pytest.raises(DataError, match="lacks the array"):
         load_data(_npz(tmp_path / "d.npz", x_train=np.zeros((2, 2))), seed=0)
-    with pytest.raises(DataError, match=r"data\.path is not set"):
-        load_data(resolve_config({}, ["data.name=npz"])["data"], 0)
+    with pytest.raises(ConfigError, match=r"data\.path is not set"):
+        resolve_config({}, ["data.name=npz"])

@@ -11,7 +11,7 @@ from torch import nn
 from endd.errors import RunDirError
 from endd.models import build_model
 from endd.models.prior import Predictor
-from endd.pipeline.run_dir import _build_with_weights, load_model, save_model
+from endd.store.models import _build_with_weights, load_model, save_model
 
 
 @pytest.mark.parametrize("backbone_id", sorted(TINY_BACKBONES))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
 from endd import losses
+from endd.config import load_yaml, resolve_config
 from endd.data import load_data
 from endd.engine import StudentModule, batch_loader
-from endd.pipeline import stages
-from endd.pipeline.config import load_yaml, resolve_config
+from endd.methods import METHODS, get_method
+from endd.pipeline import training
 from endd.pipeline.run import run_stages
 from endd.schedules import TemperatureSchedule
 
@@ -33,23 +36,40 @@ def test_batches_with_extra_data_end_with_a_mask_of_its_rows():
     assert len(next(iter(batch_loader(x, t, batch_size=4, seed=0)))) == 2
 
 
-def _student(aux_weight: float, loss: str = "endd") -> StudentModule:
+STUDENTS_SECTION = {"smoothing": 1e-4, "end_temperature": 1.0}
+
+
+def _student(aux_weight: float, method: str = "endd_aux") -> StudentModule:
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 3)
     schedule = TemperatureSchedule(2.0, 2.0, total_steps=10)
-    return StudentModule(model, loss=loss, schedule=schedule, smoothing=1e-4, aux_weight=aux_weight)
+    recipe = get_method(method)
+    return StudentModule(
+        model,
+        loss=recipe.loss,
+        loss_kwargs=recipe.loss_kwargs(STUDENTS_SECTION),
+        schedule=schedule,
+        aux_weight=aux_weight,
+    )
 
 
-@pytest.mark.parametrize("loss", ["endd", "end"])
-def test_aux_rows_are_weighted_in_the_loss(loss):
+# What each +AUX method's loss must be called with, written out here (not derived from the
+# registry): EnD² takes the central smoothing, EnD has none.
+EXPECTED_LOSS = {
+    "endd_aux": (losses.endd_loss, {"temperature": 2.0, "smoothing": 1e-4}),
+    "end_aux": (losses.end_loss, {"temperature": 2.0}),
+}
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED_LOSS))
+def test_aux_rows_are_weighted_in_the_loss(method):
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(7, 2, generator=generator)
     teacher = 3 * torch.randn(7, 4, 3, generator=generator)
     is_aux = torch.tensor([False, False, False, True, True, True, True])
-    kwargs = {"temperature": 2.0} | ({"smoothing": 1e-4} if loss == "endd" else {})
-    loss_fn = losses.get_loss(loss)
+    loss_fn, kwargs = EXPECTED_LOSS[method]
 
-    student = _student(0.25, loss)
+    student = _student(0.25, method)
     with torch.no_grad():
         logits = student.model(x)
         train_part = loss_fn(logits[:3], teacher[:3], **kwargs)
@@ -62,7 +82,7 @@ def test_aux_rows_are_weighted_in_the_loss(loss):
     # weight 1 is the plain mean over the batch
     with torch.no_grad():
         torch.testing.assert_close(
-            _student(1.0, loss).training_step((x, teacher, is_aux), 0), pooled
+            _student(1.0, method).training_step((x, teacher, is_aux), 0), pooled
         )
 
 
@@ -76,7 +96,7 @@ def test_distill_passes_the_configured_aux_weight(tmp_path, tiny_spiral, monkeyp
         load_yaml(CONFIGS / "spiral.yaml"),
         [*tiny_spiral, "students.methods=[endd_aux]", "students.aux_weight=0.3"],
     )
-    run = run_stages(tmp_path / "r", ["ensemble"], config=config, quiet=True)
+    run = run_stages(tmp_path / "r", ["ensemble"], config=config, progress=False)
     weights = []
 
     class Recording(StudentModule):
@@ -84,7 +104,35 @@ def test_distill_passes_the_configured_aux_weight(tmp_path, tiny_spiral, monkeyp
             weights.append((self.aux_weight, bool(batch[-1].any())))
             return super().training_step(batch, batch_idx)
 
-    monkeypatch.setattr(stages, "StudentModule", Recording)
+    monkeypatch.setattr(training, "StudentModule", Recording)
     data = load_data(config["data"], config["seed"])
-    assert stages.distill(run, config, data, "endd_aux", quiet=True)
+    training.train_student(run, config, data, "endd_aux", progress=False)
     assert weights and all(w == (0.3, True) for w in weights)
+
+
+def test_smoothing_reaches_every_loss_that_takes_it(tmp_path, tiny_spiral, monkeypatch):
+    """students.smoothing must reach the EnD² *and* the Proxy loss (it once reached only EnD²)."""
+    config = resolve_config(
+        load_yaml(CONFIGS / "spiral.yaml"),
+        [*tiny_spiral, "students.methods=[end, endd, proxy]", "students.smoothing=0.02"],
+    )
+    run = run_stages(tmp_path / "r", ["ensemble"], config=config, progress=False)
+    received: dict[str, dict] = {}
+
+    def recording(name, loss):
+        @functools.wraps(loss)  # keeps the signature: the registry reads which options it takes
+        def wrapped(student, teacher, **kwargs):
+            received[name] = kwargs
+            return loss(student, teacher, **kwargs)
+
+        return wrapped
+
+    data = load_data(config["data"], config["seed"])
+    for name in config["students"]["methods"]:
+        method = get_method(name)
+        patched = dataclasses.replace(method, loss=recording(name, method.loss))
+        monkeypatch.setitem(METHODS, name, patched)
+        training.train_student(run, config, data, name, progress=False)
+    assert received["endd"]["smoothing"] == 0.02
+    assert received["proxy"]["smoothing"] == 0.02
+    assert "smoothing" not in received["end"]  # EnD's loss has no smoothing

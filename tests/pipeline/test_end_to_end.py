@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from endd.cli import main
-from endd.pipeline.config import load_yaml
+from endd.cli import EXAMPLES, build_parser, main
+from endd.config import load_yaml
 from endd.pipeline.run import run_config, run_stages
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -69,12 +69,15 @@ def test_spiral_pipeline_writes_everything(tmp_path, tiny_spiral):
     assert not list(run.root.rglob("*.tmp"))
 
 
-def test_rerun_skips_finished_stages(tmp_path, tiny_spiral, capsys):
+def test_rerun_skips_finished_stages(tmp_path, tiny_spiral, caplog):
     overrides = [*tiny_spiral, "students.methods=[endd]"]
     run = run_config(load_yaml(CONFIGS / "spiral.yaml"), tmp_path / "r", overrides, quiet=True)
     stamps = {p: p.stat().st_mtime_ns for p in run.root.rglob("*") if p.is_file()}
-    run_stages(run.root)
-    assert "already done, skipped" in capsys.readouterr().err
+    with caplog.at_level("INFO", logger="endd"):
+        run_stages(run.root)
+    skipped = {r.getMessage() for r in caplog.records if r.getMessage().endswith("skipped")}
+    stages = ("ensemble", "teacher", "student:endd", "evaluate", "report")
+    assert skipped == {f"[{stage}] already done, skipped" for stage in stages}
     assert stamps == {p: p.stat().st_mtime_ns for p in run.root.rglob("*") if p.is_file()}
 
 
@@ -174,12 +177,30 @@ def test_changed_config_on_existing_run_is_refused(tmp_path, tiny_spiral, capsys
     assert "different config (seed differ)" in capsys.readouterr().err
 
 
-def test_help_is_useful(capsys):
+def test_help_lists_every_command_with_its_summary(capsys):
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for word in ("demo", "run", "ensemble", "distill", "evaluate", "report", "examples"):
-        assert word in text
+    for action in commands._choices_actions:  # each subcommand's one-line help
+        assert f"{action.dest}" in text and action.help in " ".join(text.split())
+    for name, sub in commands.choices.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        sub_text = capsys.readouterr().out
+        for option in sub._option_string_actions:
+            if option.startswith("--") and option != "--base-url":  # hidden test-only option
+                assert option in sub_text, (name, option)
+
+
+def test_help_examples_are_valid_commands():
+    examples = [line.split("#")[0].split() for line in EXAMPLES.splitlines()[1:] if line.strip()]
+    assert examples
+    for words in examples:
+        assert words[0] == "endd"
+        build_parser().parse_args(words[1:])  # exits (fails the test) on a wrong example
 
 
 def test_demo_command_runs_the_builtin_config(tmp_path, tiny_spiral):

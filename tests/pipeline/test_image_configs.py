@@ -14,6 +14,7 @@ import torch
 from test_end_to_end import _check_metrics_contract
 
 from endd.cli import main
+from endd.config import load_yaml, resolve_config
 from endd.data import DATASETS, load_data
 from endd.data.augment import random_crop_flip
 from endd.data.image_bundle import (
@@ -26,7 +27,6 @@ from endd.data.images import write_fake_dataset
 from endd.engine import EnsembleModule, batch_loader, fit
 from endd.errors import ConfigError, DataError
 from endd.models import build_model
-from endd.pipeline.config import load_yaml, resolve_config
 from endd.pipeline.run import run_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -254,7 +254,7 @@ def _train_tiny_ensemble(augment, checkpoint_dir: Path, epochs: int) -> dict[str
         epochs=epochs,
         checkpoint_dir=checkpoint_dir,
         trainer_config={"accelerator": "cpu"},
-        quiet=True,
+        progress=False,
     )
     return {k: v.clone() for k, v in network.state_dict().items()}
 

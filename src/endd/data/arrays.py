@@ -85,7 +85,9 @@ def load_npz(data: dict, seed: int) -> DataBundle:
     for key, shape in shapes.items():
         if shape != x_train.shape[1:]:
             raise DataError(f"'{key}' has feature shape {shape}, x_train has {x_train.shape[1:]}")
-    x_aux = _inputs("x_aux", arrays["x_aux"]) if "x_aux" in arrays else None
+    # data.aux: "x_aux" (default) uses the file's auxiliary inputs, null leaves them out
+    use_aux = data.get("aux", "x_aux") is not None and "x_aux" in arrays
+    x_aux = _inputs("x_aux", arrays["x_aux"]) if use_aux else None
     ood = {k[len("x_ood_") :]: _inputs(k, v) for k, v in arrays.items() if k.startswith("x_ood_")}
 
     grid, grid_shape = None, None

@@ -6,7 +6,7 @@ Both keep their own state plain (numbers, tensors) so checkpoints load with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -103,7 +103,11 @@ class EnsembleModule(_TrainingModule):
 
 
 class StudentModule(_TrainingModule):
-    """Distills an ensemble into ``model`` (``[B, K]`` logits) with one of the losses.
+    """Distills an ensemble into ``model`` (``[B, K]`` logits) with a distillation loss.
+
+    ``loss`` is a loss function ``loss(student_logits, teacher_logits, *, temperature, **kw)`` or
+    the name of one in :data:`endd.losses.LOSSES`; ``loss_kwargs`` are its other keyword
+    arguments (e.g. ``{"smoothing": 1e-4}``), passed on every step.
 
     The batch is ``(x, teacher_logits [B, M, K])`` for a cached teacher, or ``(x,)`` with an
     online ``teacher`` module run on the same (augmented) inputs the student sees. A batch that
@@ -122,9 +126,9 @@ class StudentModule(_TrainingModule):
         self,
         model: nn.Module,
         *,
-        loss: str,
+        loss: str | Callable[..., Tensor],
         schedule: TemperatureSchedule,
-        smoothing: float = 0.0,
+        loss_kwargs: Mapping[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         augment: Augment | None = None,
@@ -136,10 +140,11 @@ class StudentModule(_TrainingModule):
             raise ValueError(f"aux_weight must be positive and finite, got {aux_weight}")
         self.model = model
         self.aux_weight = float(aux_weight)
-        self.loss_name = loss
-        self.loss_fn = losses.get_loss(loss)
+        self.loss_fn = losses.get_loss(loss) if isinstance(loss, str) else loss
+        self.loss_kwargs = dict(loss_kwargs or {})
+        if "temperature" in self.loss_kwargs:
+            raise ValueError("loss_kwargs must not set 'temperature': the schedule sets it")
         self.schedule = schedule
-        self.smoothing = smoothing
         # Not a submodule: the teacher is frozen and never saved with the student.
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
         self.epoch_temperatures: list[float] = []
@@ -157,9 +162,7 @@ class StudentModule(_TrainingModule):
         else:
             with torch.no_grad():
                 teacher_logits = self._teacher[0](x).float()
-        kwargs: dict[str, Any] = {"temperature": self.temperature()}
-        if self.loss_name == "endd":
-            kwargs["smoothing"] = self.smoothing
+        kwargs = {**self.loss_kwargs, "temperature": self.temperature()}
         student_logits = self.model(x).float()  # one forward pass over training and aux rows
         loss = self._weighted_loss(student_logits, teacher_logits, is_aux, kwargs)
         self._record(loss, len(x))

@@ -1,13 +1,7 @@
 """Trained models as users call them: raw inputs in, probabilities and uncertainty out.
 
-A model's *kind* says how its logits are read:
-
-- ``ensemble``: [N, M, K] member logits; measures from
-  :func:`endd.uncertainty.ensemble_uncertainty`.
-- ``categorical``: [N, K] logits of an ordinary classifier (EnD students); only ``total`` and
-  ``confidence`` exist, a single categorical cannot split its uncertainty.
-- ``dirichlet``: a Prior Network (EnD² students), α = exp(z).
-- ``proxy_dirichlet``: a Prior Network trained with the Proxy-Dirichlet loss, α = exp(z) + 1.
+A model's *kind* (:mod:`endd.models.kinds`) says how its logits are read: ``ensemble``,
+``categorical`` (EnD students), ``dirichlet`` (EnD² students) or ``proxy_dirichlet``.
 """
 
 from __future__ import annotations
@@ -18,57 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from endd.uncertainty import dirichlet_uncertainty, ensemble_uncertainty
+from endd.models.kinds import get_kind, outputs_from_logits
 
-KINDS = ("ensemble", "categorical", "dirichlet", "proxy_dirichlet")
-
-#: The uncertainty measures each kind of model has (what evaluation scores).
-MEASURES: dict[str, tuple[str, ...]] = {
-    "categorical": ("total", "confidence"),
-    "ensemble": ("total", "data", "knowledge", "epkl", "confidence"),
-    "dirichlet": ("total", "data", "knowledge", "epkl", "confidence", "differential_entropy"),
-    "proxy_dirichlet": (
-        "total",
-        "data",
-        "knowledge",
-        "epkl",
-        "confidence",
-        "differential_entropy",
-    ),
-}
-
-
-def outputs_from_logits(kind: str, logits: Tensor) -> dict[str, Tensor]:
-    """Probabilities and every uncertainty measure of a model of ``kind`` from its logits.
-
-    Computed in float64: α = exp(z) overflows float32 for z > 88, and the digammas of the data
-    uncertainty lose digits at large α.
-
-    Returns:
-        ``probs`` [N, K] (the expected predictive), the measures in ``MEASURES[kind]`` as [N]
-        tensors, plus ``alphas`` [N, K] for Dirichlet kinds and ``member_probs`` [N, M, K] for
-        ensembles.
-    """
-    logits = logits.double()
-    if kind == "ensemble":
-        member_probs = torch.softmax(logits, dim=-1)
-        out = ensemble_uncertainty(member_probs)
-        out["probs"] = member_probs.mean(dim=-2)
-        out["member_probs"] = member_probs
-    elif kind == "categorical":
-        probs = torch.softmax(logits, dim=-1)
-        measures = ensemble_uncertainty(probs.unsqueeze(-2))
-        out = {"total": measures["total"], "confidence": measures["confidence"], "probs": probs}
-    elif kind in ("dirichlet", "proxy_dirichlet"):
-        offset = 1.0 if kind == "proxy_dirichlet" else 0.0
-        alphas = torch.exp(logits.clamp(max=700.0)) + offset
-        out = dirichlet_uncertainty(alphas)
-        out.pop("precision", None)
-        out["probs"] = alphas / alphas.sum(dim=-1, keepdim=True)
-        out["alphas"] = alphas
-    else:
-        raise ValueError(f"unknown model kind '{kind}'; choose from {', '.join(KINDS)}")
-    return out
+__all__ = ["Predictor", "PriorNetwork", "outputs_from_logits"]
 
 
 class Predictor(nn.Module):
@@ -76,7 +22,7 @@ class Predictor(nn.Module):
 
     Args:
         network: maps standardised inputs [B, *input_shape] to logits ([B, K] or [B, M, K]).
-        kind: one of :data:`KINDS`.
+        kind: a registered model kind (:data:`endd.models.kinds.KINDS`).
         mean, std: the training standardisation (raw inputs are mapped to (x − mean) / std).
         spec: the JSON sidecar the model was saved with (architecture, classes, seed).
     """
@@ -91,15 +37,14 @@ class Predictor(nn.Module):
         spec: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"unknown model kind '{kind}'; choose from {', '.join(KINDS)}")
+        get_kind(kind)  # an unknown kind fails here, naming the known ones
         self.network, self.kind, self.spec = network, kind, dict(spec or {})
         self.register_buffer("mean", None if mean is None else mean.float())
         self.register_buffer("std", None if std is None else std.float())
 
     @property
     def measures(self) -> tuple[str, ...]:
-        return MEASURES[self.kind]
+        return get_kind(self.kind).measures
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of raw inputs (standardised here)."""
@@ -132,7 +77,17 @@ class Predictor(nn.Module):
 
 
 class PriorNetwork(Predictor):
-    """A network whose output parametrises a Dirichlet over class probabilities (EnD² student)."""
+    """A network whose output parametrises a Dirichlet over class probabilities (EnD² student).
 
-    def __init__(self, network: nn.Module, *, proxy: bool = False, **kwargs: Any) -> None:
-        super().__init__(network, kind="proxy_dirichlet" if proxy else "dirichlet", **kwargs)
+    Args:
+        proxy: a Proxy-Dirichlet student (α = exp(z) + 1) instead of α = exp(z).
+        kind: the model kind, for Prior Network kinds registered beyond these two.
+    """
+
+    def __init__(
+        self, network: nn.Module, *, proxy: bool = False, kind: str | None = None, **kwargs: Any
+    ) -> None:
+        kind = kind or ("proxy_dirichlet" if proxy else "dirichlet")
+        if not get_kind(kind).prior_network:
+            raise ValueError(f"model kind '{kind}' is not a Prior Network kind")
+        super().__init__(network, kind=kind, **kwargs)

@@ -1,13 +1,32 @@
 """Stage 4: score every model on the test set and every OOD set, and measure distillation fidelity.
 
 Models: ``individual`` (each member alone, metrics averaged over members), ``ensemble`` and each
-trained student. Student logits per split are saved under ``predictions/<method>/``; the ensemble's
-are the cached teacher logits.
+student method the caller names. Student logits per split are saved under
+``predictions/<method>/``; the ensemble's are the cached teacher logits.
+
+Besides ``metrics.json`` the stage saves, under ``evaluation/``, everything the report draws, so
+the report reads the run directory only (never the dataset, never a model); paths and readers in
+:mod:`endd.store.evaluation`. Every file is an ``.npz`` (``allow_pickle=False``)::
+
+    evaluation/
+      measures/<model>/<split>.npz  ensemble and each student; split: test, ood_<name>, grid
+                                    (2-D data): one float64 [N] array per measure of the model's
+                                    kind (ensemble: total, data, knowledge, epkl, confidence)
+      roc/<name>.npz                OOD set <name>: one [2, G] array (fpr, tpr) per curve drawn,
+                                    keyed <model>/<measure>, in the report's order (ensemble
+                                    total and knowledge, then each student's detection measure)
+      data.npz                      2-D inputs only, raw coordinates: x_train, y_train, x_aux
+                                    (when there is one), ood_<name> per OOD set, grid and
+                                    grid_shape
+
+``metrics.json`` is the stage's marker: the stage deletes it (and ``evaluation/``) first and
+writes it last, so its presence means ``evaluation/`` is complete and matches it.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from typing import Any
 
@@ -18,10 +37,11 @@ from torch import Tensor
 from endd import metrics
 from endd.data import DataBundle
 from endd.engine import predict_in_batches
-from endd.models.prior import MEASURES, outputs_from_logits
-from endd.pipeline import artifacts
-from endd.pipeline.run_dir import RunDir, load_model
-from endd.pipeline.stages import STUDENTS, student_methods, teacher_logits
+from endd.methods import get_method
+from endd.models.kinds import get_kind, outputs_from_logits
+from endd.store import RunDir, artifacts
+from endd.store import evaluation as saved
+from endd.store.models import load_model
 
 FIDELITY_MEASURES = ("total", "data", "knowledge")
 
@@ -103,13 +123,54 @@ def fidelity(
     return result
 
 
-def evaluate(run: RunDir, config: dict[str, Any], data: DataBundle) -> dict[str, Any]:
-    """Write predictions and ``metrics.json``; returns the metrics."""
+def _save_measures(
+    run: RunDir, model: str, kind: str, outputs: dict[str, dict[str, Tensor]]
+) -> None:
+    """Per-input measures of ``model``'s kind on each split (``evaluation/measures/``)."""
+    for split, out in outputs.items():
+        arrays = {m: out[m].numpy() for m in get_kind(kind).measures}
+        saved.write_arrays(saved.measures_path(run, model, split), arrays)
+
+
+def _roc_curves(
+    model: str, kind: str, outputs: dict[str, dict[str, Tensor]], ood: list[str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per OOD set, the ROC curves the report draws for ``model``, each as [2, G] (fpr, tpr)."""
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for name in ood:
+        curves[name] = {}
+        for measure in saved.roc_measures(model, kind):
+            fpr, tpr = metrics.roc_curve_points(
+                outputs["test"][measure], outputs[f"ood_{name}"][measure]
+            )
+            curves[name][saved.roc_key(model, measure)] = np.stack([fpr, tpr])
+    return curves
+
+
+def _save_data(run: RunDir, data: DataBundle) -> None:
+    """2-D inputs: the data in raw coordinates, for the data figure and the uncertainty maps."""
+    raw = lambda x: data.to_raw(x).numpy()  # noqa: E731
+    arrays = {"x_train": raw(data.x_train), "y_train": data.y_train.numpy()}
+    if data.x_aux is not None:
+        arrays["x_aux"] = raw(data.x_aux)
+    arrays |= {f"ood_{name}": raw(x) for name, x in data.ood.items()}
+    arrays["grid"] = raw(data.grid)
+    arrays["grid_shape"] = np.asarray(data.grid_shape, dtype=np.int64)
+    saved.write_arrays(saved.data_path(run), arrays)
+
+
+def evaluate(
+    run: RunDir, config: dict[str, Any], data: DataBundle, methods: list[str]
+) -> dict[str, Any]:
+    """Score the ensemble, its members and the students ``methods``; write predictions,
+    ``evaluation/`` and, last, ``metrics.json``. Returns the metrics."""
     start = time.perf_counter()
+    run.metrics.unlink(missing_ok=True)  # from here on the old marker vouches for nothing
+    shutil.rmtree(run.evaluation, ignore_errors=True)
     ood = list(data.ood)
     splits = ["test", *(f"ood_{n}" for n in ood)] + (["grid"] if data.grid is not None else [])
     labels = data.y_test
-    ensemble_logits = {split: teacher_logits(run, split) for split in splits}
+    ensemble_logits = {split: run.teacher_logits(split) for split in splits}
     ensemble = {s: outputs_from_logits("ensemble", v) for s, v in ensemble_logits.items()}
     members = next(iter(ensemble_logits.values())).shape[1]
     scoring_splits = ["test", *(f"ood_{n}" for n in ood)]
@@ -120,31 +181,37 @@ def evaluate(run: RunDir, config: dict[str, Any], data: DataBundle) -> dict[str,
         outputs = {
             s: outputs_from_logits("categorical", ensemble_logits[s][:, m]) for s in scoring_splits
         }
-        individual.append(score_model(outputs, labels, MEASURES["categorical"], ood))
+        individual.append(score_model(outputs, labels, get_kind("categorical").measures, ood))
     models["individual"] = _average(individual)
-    models["ensemble"] = score_model(ensemble, labels, MEASURES["ensemble"], ood)
+    models["ensemble"] = score_model(ensemble, labels, get_kind("ensemble").measures, ood)
+    _save_measures(run, "ensemble", "ensemble", ensemble)
+    curves = _roc_curves("ensemble", "ensemble", ensemble, ood)
 
     all_splits = data.unlabelled_splits()
     batch_size = config["trainer"]["eval_batch_size"]
-    methods = student_methods(config, data)
     for method in methods:
+        kind = get_method(method).kind
         predictor = load_model(run.student(method))
         outputs = {}
         for split in splits:
             logits = predict_in_batches(predictor.network, all_splits[split], batch_size)
             artifacts.write_array(run.predictions(method) / f"{split}.npy", logits)
-            outputs[split] = outputs_from_logits(STUDENTS[method]["kind"], logits)
-        result = score_model(outputs, labels, predictor.measures, ood)
+            outputs[split] = outputs_from_logits(kind, logits)
+        result = score_model(outputs, labels, get_kind(kind).measures, ood)
         result["fidelity"] = fidelity(outputs, ensemble, splits)
         models[method] = result
+        _save_measures(run, method, kind, outputs)
+        for name, drawn in _roc_curves(method, kind, outputs, ood).items():
+            curves[name] |= drawn
+    for name, drawn in curves.items():
+        saved.write_arrays(saved.roc_path(run, name), drawn)
+    if data.grid is not None and data.input_shape == (2,):
+        _save_data(run, data)
 
     timing = {}
-    ensemble_spec = artifacts.read_json(run.ensemble / "model.json")
-    timing["ensemble"] = ensemble_spec["train_seconds"]
-    timing["teacher"] = artifacts.read_json(run.teacher / "done.json")["seconds"]
-    timing["distill"] = sum(
-        artifacts.read_json(run.student(m) / "model.json")["train_seconds"] for m in methods
-    )
+    timing["ensemble"] = run.model_spec(run.ensemble)["train_seconds"]
+    timing["teacher"] = artifacts.read_json(run.marker("teacher"))["seconds"]
+    timing["distill"] = sum(run.model_spec(run.student(m))["train_seconds"] for m in methods)
     timing["evaluate"] = time.perf_counter() - start
     result = {
         "dataset": config["data"]["name"],

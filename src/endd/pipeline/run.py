@@ -1,107 +1,129 @@
-"""Run the stages in order over a run directory; finished stages are skipped."""
+"""One loop runs the stages of a plan over a run directory; finished stages are skipped."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from endd.data import DataBundle, load_data
+from endd.config import resolve_config
+from endd.data import load_data
 from endd.errors import RunDirError
-from endd.pipeline.config import resolve_config
-from endd.pipeline.evaluate import evaluate
-from endd.pipeline.run_dir import RunDir, torch_threads
 from endd.pipeline.stages import (
-    cache_teacher,
-    distill,
-    is_distilled,
-    student_methods,
-    train_ensemble,
+    COMMANDS,
+    Stage,
+    StageContext,
+    default_progress,
+    plan,
+    trainable_students,
 )
+from endd.store import RunDir
+from endd.store.run_dir import STUDENT_PREFIX
 
-STAGES = ("ensemble", "distill", "evaluate", "report")
-
-
-def _say(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
+log = logging.getLogger("endd")
 
 
 def run_stages(
     run_dir: str | Path,
-    stages: Iterable[str] = STAGES,
+    commands: Iterable[str] = COMMANDS,
     *,
     config: dict[str, Any] | None = None,
-    quiet: bool = False,
+    progress: bool | None = None,
     force: bool = False,
 ) -> RunDir:
-    """Run ``stages`` over ``run_dir``.
+    """Run the stages that ``commands`` select over ``run_dir``.
 
     Args:
         run_dir: the run directory (created if ``config`` is given).
-        stages: any of ``ensemble`` (members + cached teacher logits), ``distill``, ``evaluate``,
-            ``report``, in that order.
+        commands: any of ``ensemble`` (members + cached teacher logits), ``distill``,
+            ``evaluate``, ``report``; the stages run in their fixed order.
         config: a resolved config for a new run; None reads ``RUN/config.yaml``.
-        quiet: no progress bars or stage messages.
+        progress: draw progress bars; None: only on a terminal with INFO logging on.
         force: recompute ``evaluate`` and ``report`` even if their outputs exist (training stages
             are never redone: delete their folder to retrain).
     """
     run = RunDir(Path(run_dir))
     new_config = config
-    if new_config is not None and run.config_path.is_file():
-        run.write_config(new_config)  # refuses a config that differs from the run's
-    config = new_config if new_config is not None else run.read_config()
-    torch_threads(config)
-    wanted = [s for s in STAGES if s in set(stages)]
-    # Data problems surface before anything is written, so a failed first attempt does not
-    # leave a run directory that then refuses the corrected config.
-    data = load_data(config["data"], config["seed"]) if set(wanted) - {"report"} else None
     if new_config is not None:
-        run.root.mkdir(parents=True, exist_ok=True)
-        run.write_config(new_config)
-        config = run.read_config()
-
-    for stage in wanted:
-        begin = time.perf_counter()
-        if stage == "ensemble":
-            _say(f"[ensemble] {config['ensemble']['members']} members on {data.name}", quiet)
-            trained = train_ensemble(run, config, data, quiet=quiet)
-            cached = cache_teacher(run, config, data)
-            state = "done" if trained or cached else "already done, skipped"
-        elif stage == "distill":
-            if not (run.ensemble / "model.json").is_file():
-                raise RunDirError(
-                    f"no trained ensemble in {run.root}; run `endd ensemble {run.root}`"
-                )
-            cache_teacher(run, config, data)
-            done = distill_students(run, config, data, quiet=quiet)
-            state = "done" if any(done) else "already done, skipped"
-        elif stage == "evaluate":
-            if run.metrics.is_file() and not force:
-                state = "already done, skipped"
+        run.check_config(new_config)  # before anything is loaded or written
+    config = new_config if new_config is not None else run.read_config()
+    unknown = set(commands) - set(COMMANDS)
+    if unknown:
+        raise ValueError(f"unknown stage command(s) {sorted(unknown)}; choose from {COMMANDS}")
+    selected = set(commands)
+    context = StageContext(run, config, default_progress() if progress is None else progress)
+    with torch_threads(config["trainer"]["num_threads"]):
+        # Which students the data can train decides the plan; the report alone needs no data.
+        students = trainable_students(config, context.data) if selected - {"report"} else []
+        everything = plan(config, students)
+        stages = [s for s in everything if selected & set(s.commands)]
+        pending = [s for s in stages if not run.is_done(s.name) or (force and s.recompute)]
+        if new_config is not None:
+            if any(s.needs_data for s in pending):
+                context.data  # noqa: B018 -- data problems surface before anything is written
+            run.root.mkdir(parents=True, exist_ok=True)
+            run.write_config(new_config)
+        _check_inputs(run, everything, pending)
+        index = 0
+        while index < len(stages):
+            stage = stages[index]
+            if stage not in pending:
+                log.info("[%s] already done, skipped", stage.name)
+                index += 1
+                continue
+            group = [stage]
+            while stage.parallel and index + len(group) < len(stages):
+                following = stages[index + len(group)]
+                if not (following.parallel and following in pending):
+                    break
+                group.append(following)
+            begin = time.perf_counter()
+            if len(group) > 1:
+                _run_in_processes(context, group)
             else:
-                evaluate(run, config, data)
-                state = "done"
-        else:
-            from endd.report import write_report
-
-            if not run.metrics.is_file():
-                raise RunDirError(f"no metrics.json in {run.root}; run `endd evaluate {run.root}`")
-            if run.report.is_file() and not force:
-                state = "already done, skipped"
-            else:
-                write_report(run, data=data)
-                state = "done"
-        _say(f"[{stage}] {state} ({time.perf_counter() - begin:.1f} s)", quiet)
+                stage.run(context)
+                log.info("[%s] done (%.1f s)", stage.name, time.perf_counter() - begin)
+            index += len(group)
     return run
+
+
+def _check_inputs(run: RunDir, everything: list[Stage], pending: list[Stage]) -> None:
+    """Every input of a pending stage is done or runs before it; else say what to run."""
+    by_name = {s.name: s for s in everything}
+    will_run: set[str] = set()
+    for stage in pending:
+        for name in stage.inputs:
+            if name in will_run or run.is_done(name):
+                continue
+            source = by_name[name]
+            raise RunDirError(
+                f"no {source.title} in {run.root} ({stage.name} needs it); run "
+                f"`endd {source.commands[0]} {run.root}`"
+            )
+        will_run.add(stage.name)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads inside (None: torch's default), restored on exit."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def distill_workers(config: dict[str, Any], pending: int) -> int:
@@ -114,41 +136,47 @@ def distill_workers(config: dict[str, Any], pending: int) -> int:
     return max(1, min(int(workers), pending))
 
 
-def distill_students(
-    run: RunDir, config: dict[str, Any], data: DataBundle, *, quiet: bool
-) -> list[bool]:
-    """Train every configured student that is not done yet, in parallel processes if useful."""
-    methods = [m for m in student_methods(config, data) if not is_distilled(run, m)]
-    workers = distill_workers(config, len(methods))
+def _run_in_processes(context: StageContext, group: list[Stage]) -> None:
+    """Run parallel stages (students) in a pool of worker processes, or one after another
+    when the config allows a single worker."""
+    workers = distill_workers(context.config, len(group))
     if workers <= 1:
-        done = []
-        for method in methods:
-            _say(f"[distill] {method}", quiet)
-            done.append(distill(run, config, data, method, quiet=quiet))
-        return done
-    _say(f"[distill] {', '.join(methods)} in {workers} processes", quiet)
+        for stage in group:
+            begin = time.perf_counter()
+            stage.run(context)
+            log.info("[%s] done (%.1f s)", stage.name, time.perf_counter() - begin)
+        return
+    names = [s.name.removeprefix(STUDENT_PREFIX) for s in group]
+    log.info("[distill] %s in %d processes", ", ".join(names), workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    root = str(context.run.root)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {
-            pool.submit(_distill_worker, str(run.root), method, threads, os.getpid()): method
-            for method in methods
+            pool.submit(_student_worker, root, name, threads, os.getpid()): stage
+            for name, stage in zip(names, group, strict=True)
         }
         for future in as_completed(futures):
-            future.result()  # re-raises a worker's error here
-            _say(f"[distill] {futures[future]} done", quiet)
-    return [True] * len(methods)
+            seconds = future.result()  # re-raises a worker's error here
+            log.info("[%s] done (%.1f s)", futures[future].name, seconds)
 
 
-def _distill_worker(root: str, method: str, threads: int, parent: int) -> bool:
+def _student_worker(root: str, method: str, threads: int, parent: int) -> float:
     """One student in a worker process. Exits if the parent dies (e.g. SIGKILL), so an orphan
     never keeps writing checkpoints that a resumed run also writes."""
+    from endd.pipeline.training import train_student
+
     _exit_with_parent(parent)
+    begin = time.perf_counter()
     torch.set_num_threads(threads)
     run = RunDir(Path(root))
     config = run.read_config()
+    if config["trainer"]["accelerator"] == "cpu":
+        from endd.models.allocator import keep_freed_memory
+
+        keep_freed_memory()  # this process is ours: see endd.models.allocator
     data = load_data(config["data"], config["seed"])
-    return distill(run, config, data, method, quiet=True)
+    train_student(run, config, data, method, progress=False)
+    return time.perf_counter() - begin
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -163,9 +191,11 @@ def _exit_with_parent(parent: int) -> None:
 def run_config(
     user_config: dict[str, Any],
     out: str | Path,
-    overrides: Iterable[str] = (),
+    overrides: Iterable[str] | dict[str, Any] = (),
     *,
     quiet: bool = False,
 ) -> RunDir:
-    """Resolve a config (defaults ← file ← overrides) and run every stage into ``out``."""
-    return run_stages(out, config=resolve_config(user_config, overrides), quiet=quiet)
+    """Resolve a config (defaults ← ``user_config`` ← ``overrides``) and run every stage into
+    ``out``. ``quiet``: no progress bars (messages go through the ``endd`` logger)."""
+    config = resolve_config(user_config, overrides)
+    return run_stages(out, config=config, progress=False if quiet else None)

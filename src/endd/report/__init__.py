@@ -1,7 +1,9 @@
-"""Stage 5: ``report.md`` and ``figures/`` from ``metrics.json`` and saved predictions.
+"""Stage 5: ``report.md`` and ``figures/`` from the run directory alone.
 
-Nothing here trains or predicts: figures read the cached teacher logits and the students'
-saved prediction logits.
+The report reads ``config.yaml``, ``metrics.json``, ``evaluation/`` (per-input measures, ROC
+points and 2-D data that the evaluate stage saved; see :mod:`endd.store.evaluation`) and the
+models' ``model.json`` (training curves). It never loads the dataset or a model, recomputes no
+measure, and imports nothing from :mod:`endd.pipeline`.
 """
 
 from __future__ import annotations
@@ -10,15 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from endd import metrics as metric_fns
-from endd.data import DataBundle, load_data
-from endd.models.prior import outputs_from_logits
-from endd.pipeline import artifacts
-from endd.pipeline.run_dir import RunDir
-from endd.pipeline.stages import STUDENTS
-from endd.report import figures
+from endd.errors import RunDirError
 from endd.report.tables import (
     classification_table,
     fidelity_table,
@@ -26,51 +21,60 @@ from endd.report.tables import (
     timing_table,
     title,
 )
+from endd.store import RunDir, artifacts
+from endd.store import evaluation as saved
 
 __all__ = ["write_report"]
 
-
-def _logits(run: RunDir, model: str, split: str) -> torch.Tensor:
-    path = (run.teacher if model == "ensemble" else run.predictions(model)) / f"{split}.npy"
-    return torch.from_numpy(np.array(artifacts.read_array(path)))
+#: The measures of the uncertainty maps (columns), for models whose kind separates them.
+MAP_MEASURES = ("total", "data", "knowledge")
 
 
-def _kind(model: str) -> str:
-    return "ensemble" if model == "ensemble" else STUDENTS[model]["kind"]
+def write_report(run: RunDir) -> Path:
+    """Write figures and ``report.md``; returns the report's path.
 
+    Raises:
+        RunDirError: no ``metrics.json``, or a run evaluated by an older endd (no
+            ``evaluation/``).
+    """
+    from endd.report import figures  # matplotlib: loaded only when drawing
 
-def _detection_measure(kind: str) -> str:
-    return "total" if kind == "categorical" else "knowledge"
-
-
-def write_report(run: RunDir, data: DataBundle | None = None) -> Path:
-    """Write figures and ``report.md``; returns the report's path."""
     config = run.read_config()
+    if not run.metrics.is_file():
+        raise RunDirError(f"no metrics.json in {run.root}; run `endd evaluate {run.root}`")
+    if not run.evaluation.is_dir():
+        raise RunDirError(
+            f"{run.root} was evaluated by an older endd (no evaluation/ folder); "
+            f"run `endd evaluate {run.root} --force`"
+        )
     result = artifacts.read_json(run.metrics)
-    data = data if data is not None else load_data(config["data"], config["seed"])
-    students = [m for m in result["models"] if m in STUDENTS]
-    shown = ["ensemble", *students]
+    students = [m for m in result["models"] if m not in ("individual", "ensemble")]
+    specs = {"ensemble": run.model_spec(run.ensemble)}
+    specs |= {m: run.model_spec(run.student(m)) for m in students}
     sections: list[str] = []
 
-    two_d = data.grid is not None and data.input_shape == (2,)
-    if two_d:
-        raw = lambda x: data.to_raw(x).numpy()  # noqa: E731
-        x_train = raw(data.x_train)
+    if saved.data_path(run).is_file():
+        data = saved.read_arrays(run, saved.data_path(run))
+        ood_sets = [key for key in data if key.startswith("ood_")]
         figures.data_figure(
-            x_train,
-            data.y_train.numpy(),
-            None if data.x_aux is None else raw(data.x_aux),
-            {name: raw(x) for name, x in data.ood.items()},
+            data["x_train"],
+            data["y_train"],
+            data.get("x_aux"),
+            {key.removeprefix("ood_"): data[key] for key in ood_sets},
             run.figures / "data.png",
         )
         maps = {}
-        for model in shown:
-            if _kind(model) == "categorical":
+        for model in specs:
+            measures = saved.read_arrays(run, saved.measures_path(run, model, "grid"))
+            if "knowledge" not in measures:  # a single categorical: no split to map
                 continue
-            out = outputs_from_logits(_kind(model), _logits(run, model, "grid"))
-            maps[model] = {m: out[m].numpy() for m in ("total", "data", "knowledge")}
+            maps[model] = {m: measures[m] for m in MAP_MEASURES if m in measures}
         figures.uncertainty_maps(
-            raw(data.grid), data.grid_shape, maps, x_train, run.figures / "uncertainty_maps.png"
+            data["grid"],
+            tuple(int(n) for n in data["grid_shape"]),
+            maps,
+            data["x_train"],
+            run.figures / "uncertainty_maps.png",
         )
         sections += [
             "## Data\n",
@@ -84,23 +88,16 @@ def write_report(run: RunDir, data: DataBundle | None = None) -> Path:
         ]
 
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]] = {}
-    test_out = {m: outputs_from_logits(_kind(m), _logits(run, m, "test")) for m in shown}
-    for name in data.ood:
+    for name in result["models"]["ensemble"]["ood"]:
         curves[name] = {}
-        for model in shown:
-            kind = _kind(model)
-            measures = ["total", "knowledge"] if model == "ensemble" else [_detection_measure(kind)]
-            ood_out = outputs_from_logits(kind, _logits(run, model, f"ood_{name}"))
-            for measure in measures:
-                fpr, tpr = metric_fns.roc_curve_points(test_out[model][measure], ood_out[measure])
-                auroc = result["models"][model]["ood"][name]["auroc"][measure]
-                label = f"{title(model)} {measure}"
-                curves[name][label] = (fpr, tpr, auroc if auroc is not None else float("nan"))
+        for key, (fpr, tpr) in saved.read_arrays(run, saved.roc_path(run, name)).items():
+            model, measure = key.rsplit("/", 1)
+            auroc = result["models"][model]["ood"][name]["auroc"][measure]
+            label = f"{title(model)} {measure}"
+            curves[name][label] = (fpr, tpr, auroc if auroc is not None else float("nan"))
     if curves:
         figures.roc_figure(curves, run.figures / "ood_roc.png")
 
-    specs = {"ensemble": artifacts.read_json(run.ensemble / "model.json")}
-    specs |= {m: artifacts.read_json(run.student(m) / "model.json") for m in students}
     figures.training_figure(
         {m: s["epoch_losses"] for m, s in specs.items()},
         {m: s.get("epoch_temperatures", []) for m, s in specs.items()},

@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from endd.pipeline.artifacts import atomic_path
 from endd.report.tables import MEASURE_TITLES, title
+from endd.store.artifacts import atomic_path
 
 CLASS_COLOURS = plt.get_cmap("tab10")
 

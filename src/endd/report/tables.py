@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-MODEL_TITLES = {
-    "individual": "Individual",
-    "ensemble": "Ensemble",
-    "end": "EnD",
-    "endd": "EnD²",
-    "end_aux": "EnD+AUX",
-    "endd_aux": "EnD²+AUX",
-    "proxy": "Proxy-EnD²",
-}
+from endd.methods import METHODS
+
+#: Titles of the models that are not student methods (students take theirs from the registry).
+BASELINE_TITLES = {"individual": "Individual", "ensemble": "Ensemble"}
+
 MEASURE_TITLES = {
     "total": "T.Unc",
     "data": "D.Unc",
@@ -38,7 +34,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def title(model: str) -> str:
-    return MODEL_TITLES.get(model, model)
+    """A model's name in reports: "Individual", "Ensemble", a student method's registered title
+    ("EnD²+AUX"), or the name itself for a method this process does not know."""
+    if model in BASELINE_TITLES:
+        return BASELINE_TITLES[model]
+    return METHODS[model].title if model in METHODS else model
 
 
 def classification_table(metrics: dict[str, Any]) -> str:

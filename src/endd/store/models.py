@@ -1,21 +1,12 @@
-"""The run directory: where each stage reads its inputs and writes its outputs.
+"""Saved models: safetensors weights (with the input standardisation) and a JSON sidecar.
 
-```
-RUN/
-  config.yaml              resolved config, every default written out
-  ensemble/                model.safetensors + model.json (architecture, classes, seed, timing)
-  teacher/<split>.npy      cached member logits [N, M, K] per split; done.json when complete
-  students/<method>/       model.safetensors + model.json + checkpoints while training
-  predictions/<model>/     <split>.npy logits per evaluated split
-  metrics.json             the machine-readable result
-  report.md, figures/      for people
-```
+Nothing loaded here can execute code: the sidecar names a registered backbone and a model kind,
+and the weights are plain tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,74 +15,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from endd.errors import RunDirError
+from endd.models.kinds import get_kind
 from endd.models.prior import Predictor, PriorNetwork
-from endd.pipeline import artifacts
-from endd.pipeline.config import dump_config, load_yaml, resolve_config
+from endd.store import artifacts
 
-
-@dataclass(frozen=True)
-class RunDir:
-    root: Path
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def ensemble(self) -> Path:
-        return self.root / "ensemble"
-
-    @property
-    def teacher(self) -> Path:
-        return self.root / "teacher"
-
-    def student(self, method: str) -> Path:
-        return self.root / "students" / method
-
-    def predictions(self, model: str) -> Path:
-        return self.root / "predictions" / model
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    def read_config(self) -> dict[str, Any]:
-        if not self.config_path.is_file():
-            raise RunDirError(
-                f"{self.root} is not a run directory (no config.yaml); start one with "
-                "`endd run CONFIG --out DIR` or `endd demo`"
-            )
-        return resolve_config(load_yaml(self.config_path))
-
-    def write_config(self, config: dict[str, Any]) -> None:
-        """Write ``config.yaml``; an existing run directory must hold the same config."""
-        if self.config_path.is_file():
-            existing = resolve_config(load_yaml(self.config_path))
-            if existing != config:
-                changed = _changed_keys(existing, config)
-                raise RunDirError(
-                    f"{self.root} already holds a run with a different config "
-                    f"({', '.join(changed[:3])} differ); use another --out or delete it"
-                )
-            return
-        artifacts.write_text(self.config_path, dump_config(config))
-
-
-def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys: list[str] = []
-        for key in a.keys() | b.keys():
-            keys += _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return keys
-    return [] if a == b else [prefix.rstrip(".")]
+__all__ = ["load_model", "save_model"]
 
 
 def save_model(folder: Path, predictor: Predictor, spec: dict[str, Any]) -> None:
@@ -136,9 +64,8 @@ def load_model(folder: Path) -> Predictor:
             f"{weights_path} does not fit the model described in {sidecar} ({details}); "
             f"delete {folder} and rerun its stage"
         ) from None
-    if spec["kind"] in ("dirichlet", "proxy_dirichlet"):
-        proxy = spec["kind"] == "proxy_dirichlet"
-        predictor = PriorNetwork(network, proxy=proxy, mean=mean, std=std, spec=spec)
+    if get_kind(spec["kind"]).prior_network:
+        predictor = PriorNetwork(network, kind=spec["kind"], mean=mean, std=std, spec=spec)
     else:
         predictor = Predictor(network, kind=spec["kind"], mean=mean, std=std, spec=spec)
     return predictor.eval()
@@ -165,8 +92,3 @@ def _build_with_weights(
     network = build()
     network.load_state_dict(weights)
     return network
-
-
-def torch_threads(config: dict[str, Any]) -> None:
-    if config["trainer"]["num_threads"]:
-        torch.set_num_threads(int(config["trainer"]["num_threads"]))

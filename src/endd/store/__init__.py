@@ -1,0 +1,8 @@
+"""The run store: a run directory's paths and "done" markers, atomic artifact I/O, saved models.
+
+Every stage reads its inputs from here and writes its outputs here; the report reads only this.
+"""
+
+from endd.store.run_dir import RunDir
+
+__all__ = ["RunDir"]
