@@ -14,12 +14,12 @@ Adding a method is one :func:`register_method` call (see ``docs/architecture.md`
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from endd.errors import did_you_mean
 from endd.losses import end_loss, endd_loss, proxy_loss
 from endd.models.kinds import ModelKind, get_kind
 from endd.schedules import TemperatureSchedule
@@ -107,8 +107,7 @@ def register_method(method: StudentMethod, *, replace: bool = False) -> StudentM
 def get_method(name: str) -> StudentMethod:
     """The registered method ``name``; ValueError with a "did you mean" hint otherwise."""
     if name not in METHODS:
-        close = difflib.get_close_matches(str(name), list(METHODS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, METHODS)
         raise ValueError(f"unknown student method '{name}'{hint}; choose from {', '.join(METHODS)}")
     return METHODS[name]
 

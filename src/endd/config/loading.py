@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from endd.config.schema import DATA_KINDS, DATA_NAMES, Config, data_kind, did_you_mean
-from endd.errors import ConfigError
+from endd.config.schema import DATA_KINDS, DATA_NAMES, Config, data_kind
+from endd.errors import ConfigError, did_you_mean
 
 __all__ = [
     "DEFAULTS",

@@ -12,7 +12,6 @@ artificial data), ``npz`` (the user's arrays) and the labelled image datasets
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
@@ -31,7 +30,7 @@ from pydantic import (
 
 from endd.data.image_bundle import IN_DOMAIN_DATASETS, check_image_data
 from endd.data.spiral import OOD_SETS
-from endd.errors import ConfigError
+from endd.errors import ConfigError, did_you_mean
 
 __all__ = [
     "ACCELERATORS",
@@ -49,7 +48,6 @@ __all__ = [
     "TemperatureConfig",
     "TrainerConfig",
     "data_kind",
-    "did_you_mean",
 ]
 
 #: ``students.methods`` by default: the paper's students (see :mod:`endd.methods`).
@@ -84,12 +82,6 @@ _DOTTED = rf"{_IDENTIFIER}(?:\.{_IDENTIFIER})*"
 _BACKBONE = re.compile(
     rf"^(?:{_IDENTIFIER}|{_DOTTED}\.{_IDENTIFIER}|(?:import:)?{_DOTTED}:{_DOTTED})$"
 )
-
-
-def did_you_mean(value: object, options: Iterable[object]) -> str:
-    """`` (did you mean 'x'?)`` for the option closest to ``value``, or nothing."""
-    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _listing(values: Iterable[object]) -> str:

@@ -130,17 +130,3 @@ def batch_loader(
     dataset = TensorBatches(groups)
     sampler = EpochSeededBatchSampler(dataset.sizes, batch_size, seed=seed, shuffle=shuffle)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_keep_batch, num_workers=0)
-
-
-@torch.no_grad()
-def predict_in_batches(model: torch.nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """Run ``model`` in eval mode over ``x`` in chunks on the model's device; result on the CPU."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    outputs = [
-        model(x[start : start + batch_size].to(device)).float().cpu()
-        for start in range(0, len(x), batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(outputs)

@@ -14,7 +14,24 @@ from torch import Tensor, nn
 
 from endd.models.kinds import get_kind, outputs_from_logits
 
-__all__ = ["Predictor", "PriorNetwork", "outputs_from_logits"]
+__all__ = ["Predictor", "PriorNetwork", "outputs_from_logits", "predict_in_batches"]
+
+
+@torch.no_grad()
+def predict_in_batches(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """Run ``model`` in eval mode over ``x`` in chunks on the model's device; float32 logits on
+    the CPU. The model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        outputs = [
+            model(x[start : start + batch_size].to(device)).float().cpu()
+            for start in range(0, len(x), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs)
 
 
 class Predictor(nn.Module):
@@ -66,14 +83,7 @@ class Predictor(nn.Module):
             raise ValueError(
                 f"inputs must be [N, {', '.join(map(str, expected))}], got {list(x.shape)}"
             )
-        was_training = self.training
-        self.eval()
-        device = next(self.network.parameters()).device
-        logits = torch.cat(
-            [self(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-        )
-        self.train(was_training)
-        return outputs_from_logits(self.kind, logits)
+        return outputs_from_logits(self.kind, predict_in_batches(self, x, batch_size))
 
 
 class PriorNetwork(Predictor):
