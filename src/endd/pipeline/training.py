@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from endd.data import DataBundle
-from endd.engine import EnsembleModule, StudentModule, batch_loader, fit
+from endd.engine import EnsembleModule, StudentModule, batch_loader, fit, seeded
 from endd.errors import RunDirError
 from endd.methods import get_method
 from endd.models import build_model
@@ -106,26 +105,31 @@ def train_ensemble(
     """Train all members as one batched module into ``ensemble/``."""
     start = time.perf_counter()
     section, seed = config["ensemble"], config["seed"]
-    L.seed_everything(seed, verbose=False)
-    network = _build(config, data, members=section["members"], seed=seed)
-    module = EnsembleModule(
-        network, lr=section["lr"], weight_decay=section["weight_decay"], augment=_augment(config)
-    )
-    loader = batch_loader(data.x_train, data.y_train, batch_size=section["batch_size"], seed=seed)
-    _fit_and_save(
-        run.ensemble,
-        module,
-        loader,
-        config,
-        section,
-        data,
-        progress=progress,
-        start=start,
-        description=f"ensemble ({section['members']} members)",
-        kind="ensemble",
-        members=section["members"],
-        seed=seed,
-    )
+    with seeded(seed):
+        network = _build(config, data, members=section["members"], seed=seed)
+        module = EnsembleModule(
+            network,
+            lr=section["lr"],
+            weight_decay=section["weight_decay"],
+            augment=_augment(config),
+        )
+        loader = batch_loader(
+            data.x_train, data.y_train, batch_size=section["batch_size"], seed=seed
+        )
+        _fit_and_save(
+            run.ensemble,
+            module,
+            loader,
+            config,
+            section,
+            data,
+            progress=progress,
+            start=start,
+            description=f"ensemble ({section['members']} members)",
+            kind="ensemble",
+            members=section["members"],
+            seed=seed,
+        )
 
 
 def train_student(
@@ -137,43 +141,43 @@ def train_student(
         raise RunDirError(f"student '{name}' needs auxiliary data, but the dataset has none")
     start = time.perf_counter()
     seed = config["seed"] + STUDENT_SEED_OFFSET
-    L.seed_everything(seed, verbose=False)
-    network = _build(config, data, members=1, seed=seed)
-    # +AUX students see, in every batch, batch_size training inputs plus an equal share of the
-    # auxiliary set: one epoch passes once over each, in as many steps as the plain students.
-    # Each auxiliary input weighs students.aux_weight in the loss (see StudentModule).
-    extra: tuple[torch.Tensor, ...] | None = None
-    if section["teacher"] == "online":
-        tensors: tuple[torch.Tensor, ...] = (data.x_train,)
-        extra = (data.x_aux,) if method.needs_aux else None
-        teacher = load_model(run.ensemble).network
-    else:
-        tensors, teacher = (data.x_train, run.teacher_logits("train")), None
-        extra = (data.x_aux, run.teacher_logits("aux")) if method.needs_aux else None
-    loader = batch_loader(*tensors, batch_size=section["batch_size"], seed=seed, extra=extra)
-    module = StudentModule(
-        network,
-        loss=method.loss,
-        loss_kwargs=method.loss_kwargs(section),
-        schedule=method.schedule(section, total_steps=section["epochs"] * len(loader)),
-        lr=section["lr"],
-        weight_decay=section["weight_decay"],
-        augment=_augment(config),
-        teacher=teacher,
-        aux_weight=section["aux_weight"],
-    )
-    _fit_and_save(
-        run.student(name),
-        module,
-        loader,
-        config,
-        section,
-        data,
-        progress=progress,
-        start=start,
-        description=f"student {name}",
-        kind=method.kind,
-        method=name,
-        members=1,
-        seed=seed,
-    )
+    with seeded(seed):
+        network = _build(config, data, members=1, seed=seed)
+        # +AUX students see, in every batch, batch_size training inputs plus an equal share of
+        # the auxiliary set: one epoch passes once over each, in as many steps as the plain
+        # students. Each auxiliary input weighs students.aux_weight in the loss (StudentModule).
+        extra: tuple[torch.Tensor, ...] | None = None
+        if section["teacher"] == "online":
+            tensors: tuple[torch.Tensor, ...] = (data.x_train,)
+            extra = (data.x_aux,) if method.needs_aux else None
+            teacher = load_model(run.ensemble).network
+        else:
+            tensors, teacher = (data.x_train, run.teacher_logits("train")), None
+            extra = (data.x_aux, run.teacher_logits("aux")) if method.needs_aux else None
+        loader = batch_loader(*tensors, batch_size=section["batch_size"], seed=seed, extra=extra)
+        module = StudentModule(
+            network,
+            loss=method.loss,
+            loss_kwargs=method.loss_kwargs(section),
+            schedule=method.schedule(section, total_steps=section["epochs"] * len(loader)),
+            lr=section["lr"],
+            weight_decay=section["weight_decay"],
+            augment=_augment(config),
+            teacher=teacher,
+            aux_weight=section["aux_weight"],
+        )
+        _fit_and_save(
+            run.student(name),
+            module,
+            loader,
+            config,
+            section,
+            data,
+            progress=progress,
+            start=start,
+            description=f"student {name}",
+            kind=method.kind,
+            method=name,
+            members=1,
+            seed=seed,
+        )

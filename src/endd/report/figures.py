@@ -1,26 +1,34 @@
-"""Figures for the report (matplotlib, Agg backend, PNG). Each function takes arrays and a path;
-nothing here trains or predicts."""
+"""Figures for the report (matplotlib, PNG). Each function takes arrays and a path; nothing here
+trains or predicts.
+
+Figures are built with matplotlib's object API (``Figure``, not ``pyplot``): no backend is
+selected and no global figure registry is touched, so drawing a report from a notebook leaves
+the notebook's matplotlib set-up as it was."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from endd.report.tables import MEASURE_TITLES, title
 from endd.store.artifacts import atomic_path
 
-CLASS_COLOURS = plt.get_cmap("tab10")
+CLASS_COLOURS = matplotlib.colormaps["tab10"]
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _subplots(*args, figsize: tuple[float, float], **kwargs):
+    """``pyplot.subplots`` without pyplot: a standalone Figure and its axes."""
+    layout = "constrained" if kwargs.pop("constrained_layout", False) else None
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def _save(fig: Figure, path: Path) -> None:
     with atomic_path(path) as temporary:
         fig.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def data_figure(
@@ -31,7 +39,7 @@ def data_figure(
     path: Path,
 ) -> None:
     """2-D data: training points by class, the auxiliary set and each OOD set."""
-    fig, ax = plt.subplots(figsize=(6.4, 6.0))
+    fig, ax = _subplots(figsize=(6.4, 6.0))
     for k in np.unique(y_train):
         pts = x_train[y_train == k]
         ax.scatter(pts[:, 0], pts[:, 1], s=3, color=CLASS_COLOURS(int(k)), label=f"class {k}")
@@ -59,7 +67,7 @@ def uncertainty_maps(
     """Paper Fig. 3: one row per model, one column per measure; each column shares its colour
     scale so models compare directly. The training data is outlined in white."""
     models = list(maps)
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         len(models),
         len(measures),
         figsize=(3.3 * len(measures) + 0.8, 3.0 * len(models)),
@@ -105,7 +113,7 @@ def roc_figure(
 ) -> None:
     """One panel per OOD set: ROC curves (OOD = positive) of each model's detection score."""
     sets = list(curves)
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.6 * len(sets), 4.4), squeeze=False)
+    fig, axes = _subplots(1, len(sets), figsize=(4.6 * len(sets), 4.4), squeeze=False)
     for ax, name in zip(axes[0], sets, strict=True):
         for label, (fpr, tpr, auroc) in curves[name].items():
             ax.plot(fpr, tpr, label=f"{label} ({100 * auroc:.1f})", lw=1.4)
@@ -125,7 +133,7 @@ def training_figure(
     names = list(curves)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
     for ax, name in zip(axes.ravel(), names, strict=False):
         epochs = np.arange(1, len(curves[name]) + 1)
         ax.plot(epochs, curves[name], color="C0")
