@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -31,8 +32,10 @@ def _check_metrics_contract(metrics: dict, ood_sets: set[str], students: set[str
             for values in detection.values():
                 assert all(v is None or 0.0 <= v <= 1.0 for v in values.values())
         if name in students:
-            assert "test" in model["fidelity"]
-            assert all(-1 <= v <= 1 for v in model["fidelity"]["test"].values() if v is not None)
+            # a correlation is None only when a model's uncertainty is constant: a student that
+            # outputs constants fails here
+            fidelity = model["fidelity"]["test"]
+            assert fidelity and all(v is not None and -1 <= v <= 1 for v in fidelity.values()), name
     ensemble = metrics["models"]["ensemble"]
     assert set(ensemble["prr"]) == {"total", "data", "knowledge", "epkl", "confidence"}
     assert set(metrics["models"]["individual"]["prr"]) == {"total", "confidence"}
@@ -45,6 +48,10 @@ def test_spiral_pipeline_writes_everything(tmp_path, tiny_spiral):
     students = {"end", "endd", "end_aux", "endd_aux", "proxy"}
     _check_metrics_contract(metrics, {"far", "uniform"}, students)
     assert metrics["dataset"] == "spiral" and metrics["ensemble_size"] == 3
+    constant = copy.deepcopy(metrics)  # what a student with constant outputs would score
+    constant["models"]["endd"]["fidelity"]["test"]["knowledge"] = None
+    with pytest.raises(AssertionError):
+        _check_metrics_contract(constant, {"far", "uniform"}, students)
     assert metrics["num_classes"] == 3
     assert set(metrics["models"]["endd"]["prr"]) == {
         "total",
