@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from endd.config import resolve_config
 from endd.errors import DataError, RunDirError
@@ -92,8 +93,14 @@ def distill_arrays(
     methods: Sequence[str] = ("end", "endd", "proxy"),
     overrides: Mapping[str, Any] | None = None,
     quiet: bool = True,
+    teacher_logits: Mapping[str, Any] | None = None,
+    teacher_members: Sequence[torch.nn.Module] | None = None,
 ) -> Run:
-    """Train an ensemble on arrays, distill it and evaluate everything; no YAML needed.
+    """Distill an ensemble on arrays and evaluate everything; no YAML needed.
+
+    The teacher is, by default, an ensemble endd trains on ``x_train``; or the ensemble you
+    already have: its members' logits (``teacher_logits``) or the members themselves
+    (``teacher_members``, run once over every split).
 
     Args:
         x_train, y_train: features [N, ...] and labels 0..K-1 [N].
@@ -105,13 +112,26 @@ def distill_arrays(
         overrides: dotted config keys, e.g. ``{"ensemble.members": 5, "students.epochs": 100}``,
             checked exactly as the CLI's ``--set`` (a wrong key or value raises ConfigError).
         quiet: no progress output.
+        teacher_logits: the members' logits [N, M, K] per split: ``"train"``, ``"test"``
+            (derived from ``"train"`` when ``x_test`` is omitted), ``"aux"`` with ``x_aux``,
+            ``"ood_<name>"`` per OOD set and, for 2-D inputs, optionally ``"grid"``.
+        teacher_members: the member networks, each mapping raw inputs [B, ...] to logits
+            [B, K]; run in this process on every split's raw inputs.
 
     Returns:
         The finished :class:`Run`.
     """
     if (x_test is None) != (y_test is None):
         raise DataError("give both x_test and y_test, or neither")
+    if teacher_logits is not None and teacher_members is not None:
+        raise DataError("give teacher_logits or teacher_members, not both")
     x_train, y_train = np.asarray(x_train), np.asarray(y_train)
+    logits = {k: np.asarray(v) for k, v in (teacher_logits or {}).items()}
+    if x_test is None and "test" in logits:
+        raise DataError(
+            "teacher_logits['test'] needs x_test and y_test (else the test set is "
+            "held out of x_train, and its logits are taken from teacher_logits['train'])"
+        )
     if x_test is None:
         if len(x_train) != len(y_train):
             raise DataError("x_train and y_train must have the same length")
@@ -124,6 +144,13 @@ def distill_arrays(
             x_train[held],
             y_train[held],
         )
+        if "train" in logits:
+            if len(logits["train"]) != len(order):
+                raise DataError(
+                    f"teacher_logits['train'] has {len(logits['train'])} rows, x_train "
+                    f"{len(order)}; give the members' logits on x_train, in its order"
+                )
+            logits["test"], logits["train"] = logits["train"][held], logits["train"][kept]
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="endd-run-"))
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     if x_aux is not None:
@@ -131,15 +158,28 @@ def distill_arrays(
     for name, x in (x_ood or {}).items():
         arrays[f"x_ood_{name}"] = np.asarray(x)
     data_file = out.resolve() / "data.npz"
-    user = {
+    user: dict[str, Any] = {
         "name": out.name,
         "data": {"name": "npz", "path": str(data_file)},
         "students": {"methods": list(methods)},
     }
+    teacher_folder = out.resolve() / "teacher_input"
+    if teacher_logits is not None or teacher_members is not None:
+        user["teacher"] = {"source": "logits", "path": str(teacher_folder)}
     config = resolve_config(user, overrides or {})  # a bad override fails before any write
     out.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_path(data_file) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
+    if teacher_logits is not None:
+        for split, array in logits.items():
+            artifacts.write_array(teacher_folder / f"{split}.npy", array)
+    if teacher_members is not None:
+        from endd.data import load_data
+        from endd.pipeline.teacher import write_member_logits
+
+        data = load_data(config["data"], config["seed"])
+        batch_size = config["trainer"]["eval_batch_size"]
+        write_member_logits(teacher_folder, teacher_members, data, batch_size)
     run_stages(out, config=config, progress=False if quiet else None)
     return Run(out)

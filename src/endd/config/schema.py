@@ -387,6 +387,63 @@ class StudentsConfig(_Section):
         return methods
 
 
+class TeacherMember(_Section):
+    """One member of a teacher ensemble brought as a checkpoint of the user's own model."""
+
+    backbone: Annotated[str, Field(min_length=1)] = Field(
+        description="a built-in backbone name or an import path 'pkg.module.Class' / "
+        "'import:pkg.module:callable' (called with `kwargs` only)"
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="constructor keyword arguments of the backbone"
+    )
+    weights: Annotated[str, Field(min_length=1)] = Field(
+        description="a .safetensors file, or a torch state dict (read with weights_only=True)"
+    )
+
+
+class TeacherConfig(_Section):
+    """Where the teacher's predictions come from (everything downstream reads ``teacher/``)."""
+
+    source: _one_of("train", "logits", "checkpoints") = Field(  # type: ignore[valid-type]
+        "train",
+        description="train: the ensemble this run trains; logits: a folder of member logits "
+        "[N, M, K] per split (teacher.path); checkpoints: the user's member models "
+        "(teacher.members), run once over every split",
+    )
+    path: str | None = Field(
+        None, description="source logits: a folder laid out like a run's teacher/ (<split>.npy)"
+    )
+    members: list[TeacherMember] = Field(
+        default_factory=list, description="source checkpoints: the members, at least 2"
+    )
+
+    @model_validator(mode="after")
+    def _source_keys(self) -> TeacherConfig:
+        wanted = {"logits": "path", "checkpoints": "members"}.get(self.source)
+        if self.source == "logits" and not self.path:
+            raise ConfigError(
+                "config key 'teacher.path' must name a folder of teacher logits when "
+                "teacher.source is 'logits' (use --set teacher.path=DIR)"
+            )
+        if self.source == "checkpoints" and len(self.members) < 1:
+            raise ConfigError(
+                "config key 'teacher.members' must list the member checkpoints when "
+                "teacher.source is 'checkpoints', got []"
+            )
+        if wanted != "path" and self.path is not None:
+            raise ConfigError(
+                f"config key 'teacher.path' applies to teacher.source 'logits' only, got "
+                f"{self.path!r} with source {self.source!r}"
+            )
+        if wanted != "members" and self.members:
+            raise ConfigError(
+                "config key 'teacher.members' applies to teacher.source 'checkpoints' only, "
+                f"got {len(self.members)} member(s) with source {self.source!r}"
+            )
+        return self
+
+
 class TrainerConfig(_Section):
     accelerator: _one_of(*ACCELERATORS) = "cpu"  # type: ignore[valid-type]
     devices: Devices = 1
@@ -400,6 +457,11 @@ class TrainerConfig(_Section):
         None, description="students trained at once (null: one per core on CPU, else 1)"
     )
     eval_batch_size: PositiveInt = 4096
+    logger: _one_of("none", "csv", "tensorboard") = Field(  # type: ignore[valid-type]
+        "none",
+        description="training curves through Lightning's loggers, under RUN/logs/ (per-epoch "
+        "loss, and the temperature for students)",
+    )
 
 
 class Config(_Section):
@@ -411,4 +473,24 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     students: StudentsConfig = Field(default_factory=StudentsConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    @model_validator(mode="after")
+    def _teacher_fits_students(self) -> Config:
+        from endd.methods import get_method
+
+        if self.students.teacher == "online" and self.teacher.source != "train":
+            raise ConfigError(
+                "config key 'students.teacher' must be 'cached' when teacher.source is "
+                f"{self.teacher.source!r} (an online teacher is the ensemble this run trains)"
+            )
+        members = len(self.teacher.members)
+        if self.teacher.source == "checkpoints" and members < 2:
+            dirichlet = [m for m in self.students.methods if get_method(m).model_kind.prior_network]
+            if dirichlet:
+                raise ConfigError(
+                    f"config key 'teacher.members' lists {members} member; the students "
+                    f"{', '.join(dirichlet)} model the members' disagreement and need at least 2"
+                )
+        return self

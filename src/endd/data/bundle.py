@@ -24,6 +24,10 @@ class DataBundle:
             else None.
         grid_shape: (R, R) for ``grid``.
         mean, std: the standardisation applied (raw = x * std + mean), shaped like one input.
+        raw: the inputs as the data files hold them, per split name of
+            :meth:`unlabelled_splits` (float32; images in [0, 1]), where the loader kept them:
+            what a user's own models were trained on. :meth:`raw_splits` falls back to undoing
+            the standardisation, which is exact only to float32 rounding.
     """
 
     name: str
@@ -38,6 +42,7 @@ class DataBundle:
     grid_shape: tuple[int, int] | None = None
     mean: Tensor | None = None
     std: Tensor | None = None
+    raw: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -53,6 +58,17 @@ class DataBundle:
         if self.grid is not None:
             splits["grid"] = self.grid
         return splits
+
+    def raw_splits(self) -> dict[str, Tensor]:
+        """:meth:`unlabelled_splits` as raw inputs (see ``raw``)."""
+        splits = self.unlabelled_splits()
+        return {name: self._raw(name, x) for name, x in splits.items()}
+
+    def _raw(self, name: str, x: Tensor) -> Tensor:
+        if name not in self.raw:
+            return self.to_raw(x)
+        raw = self.raw[name]
+        return raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw
 
     def to_raw(self, x: Tensor) -> Tensor:
         """Undo the standardisation (for plots in the data's own coordinates)."""
@@ -86,22 +102,26 @@ def standardised_bundle(
         mean, std = train.mean(dim=0), train.std(dim=0)
     std = torch.where(std > 0, std, torch.ones_like(std))
 
-    def scale(x: np.ndarray | None) -> Tensor | None:
+    raw: dict[str, Tensor] = {}
+
+    def scale(x: np.ndarray | None, split: str) -> Tensor | None:
         if x is None:
             return None
-        return (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) - mean) / std
+        raw[split] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return (raw[split] - mean) / std
 
     return DataBundle(
         name=name,
         num_classes=num_classes,
-        x_train=scale(x_train),
+        x_train=scale(x_train, "train"),
         y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
-        x_test=scale(x_test),
+        x_test=scale(x_test, "test"),
         y_test=torch.from_numpy(np.asarray(y_test, dtype=np.int64)),
-        x_aux=scale(x_aux),
-        ood={key: scale(x) for key, x in (ood or {}).items()},
-        grid=scale(grid),
+        x_aux=scale(x_aux, "aux"),
+        ood={key: scale(x, f"ood_{key}") for key, x in (ood or {}).items()},
+        grid=scale(grid, "grid"),
         grid_shape=grid_shape,
         mean=mean,
         std=std,
+        raw=raw,
     )

@@ -293,24 +293,21 @@ def load_image_bundle(data: dict[str, Any], seed: int) -> DataBundle:
     mean = torch.from_numpy(mean_np).view(-1, 1, 1)
     std = torch.from_numpy(np.where(std_np > 0, std_np, np.float32(1.0))).view(-1, 1, 1)
 
-    ood = {
-        ood_name: _standardised(
-            _image_set(
-                ood_name,
-                data,
-                role="ood",
-                size=data["ood_size"],
-                reference=test_full.images,
-                seed=_EVALUATION_SEED,
-            ),
-            mean,
-            std,
+    # the images as read (uint8, or float in [0, 1] for shifts): a user's own models' inputs
+    raw = {"train": train.images, "test": test.images}
+    for ood_name in data["ood"]:
+        raw[f"ood_{ood_name}"] = _image_set(
+            ood_name,
+            data,
+            role="ood",
+            size=data["ood_size"],
+            reference=test_full.images,
+            seed=_EVALUATION_SEED,
         )
-        for ood_name in data["ood"]
-    }
+    ood = {name: _standardised(raw[f"ood_{name}"], mean, std) for name in data["ood"]}
     x_aux = None
     if data["aux"] is not None:
-        aux_images = _image_set(
+        raw["aux"] = _image_set(
             data["aux"],
             data,
             role="aux",
@@ -318,7 +315,7 @@ def load_image_bundle(data: dict[str, Any], seed: int) -> DataBundle:
             reference=train_full.images,
             seed=seed,
         )
-        x_aux = _standardised(aux_images, mean, std)
+        x_aux = _standardised(raw["aux"], mean, std)
     return DataBundle(
         name=name,
         num_classes=num_classes,
@@ -331,6 +328,7 @@ def load_image_bundle(data: dict[str, Any], seed: int) -> DataBundle:
         grid=None,
         mean=mean,
         std=std,
+        raw={name: torch.from_numpy(np.ascontiguousarray(x)) for name, x in raw.items()},
     )
 
 

@@ -28,7 +28,14 @@ from endd.models.resnet import ResNet18
 from endd.models.vgg import VGG16
 from endd.models.wrn import WideResNet
 
-__all__ = ["BACKBONES", "available_models", "build_ensemble", "build_model", "is_import_path"]
+__all__ = [
+    "BACKBONES",
+    "available_models",
+    "build_ensemble",
+    "build_model",
+    "is_import_path",
+    "resolve_import_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +68,7 @@ def _unknown_model_message(name: object) -> str:
     )
 
 
-def _resolve_import_path(name: str) -> Callable[..., nn.Module]:
+def resolve_import_path(name: str) -> Callable[..., nn.Module]:
     path = name[len(_IMPORT_PREFIX) :] if name.startswith(_IMPORT_PREFIX) else name
     if ":" in path:
         module_name, _, attribute = path.partition(":")
@@ -129,7 +136,7 @@ def _build_one(
         _check_options(name, factory, options)
         arguments = {"input_shape": input_shape, "num_classes": num_classes, **options}
     elif is_import_path(name):
-        factory = _resolve_import_path(name)
+        factory = resolve_import_path(name)
         arguments = {"num_classes": num_classes, **options}
         with contextlib.suppress(TypeError, ValueError):  # builtins without a signature
             if "input_shape" in inspect.signature(factory).parameters:

@@ -170,7 +170,9 @@ def evaluate(
     ood = list(data.ood)
     splits = ["test", *(f"ood_{n}" for n in ood)] + (["grid"] if data.grid is not None else [])
     labels = data.y_test
-    ensemble_logits = {split: run.teacher_logits(split) for split in splits}
+    # A teacher brought from outside may lack the grid (the report then has no ensemble map).
+    teacher_splits = [s for s in splits if s != "grid" or (run.teacher / "grid.npy").is_file()]
+    ensemble_logits = {split: run.teacher_logits(split) for split in teacher_splits}
     ensemble = {s: outputs_from_logits("ensemble", v) for s, v in ensemble_logits.items()}
     members = next(iter(ensemble_logits.values())).shape[1]
     scoring_splits = ["test", *(f"ood_{n}" for n in ood)]
@@ -198,7 +200,7 @@ def evaluate(
             artifacts.write_array(run.predictions(method) / f"{split}.npy", logits)
             outputs[split] = outputs_from_logits(kind, logits)
         result = score_model(outputs, labels, get_kind(kind).measures, ood)
-        result["fidelity"] = fidelity(outputs, ensemble, splits)
+        result["fidelity"] = fidelity(outputs, ensemble, teacher_splits)
         models[method] = result
         _save_measures(run, method, kind, outputs)
         for name, drawn in _roc_curves(method, kind, outputs, ood).items():
@@ -209,7 +211,8 @@ def evaluate(
         _save_data(run, data)
 
     timing = {}
-    timing["ensemble"] = run.model_spec(run.ensemble)["train_seconds"]
+    if run.is_done("ensemble"):  # absent when the teacher came from outside
+        timing["ensemble"] = run.model_spec(run.ensemble)["train_seconds"]
     timing["teacher"] = artifacts.read_json(run.marker("teacher"))["seconds"]
     timing["distill"] = sum(run.model_spec(run.student(m))["train_seconds"] for m in methods)
     timing["evaluate"] = time.perf_counter() - start

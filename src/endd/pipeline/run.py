@@ -67,12 +67,17 @@ def run_stages(
         everything = plan(config, students)
         stages = [s for s in everything if selected & set(s.commands)]
         pending = [s for s in stages if not run.is_done(s.name) or (force and s.recompute)]
+        # Bad data or teacher files surface before anything is written or trained, so a failed
+        # first attempt does not leave a run directory that then refuses the corrected config.
+        if any(s.needs_data for s in pending):
+            context.data  # noqa: B018 -- loads and checks the dataset
+        _check_inputs(run, everything, pending)
+        for stage in pending:
+            if stage.check is not None:
+                stage.check(context)
         if new_config is not None:
-            if any(s.needs_data for s in pending):
-                context.data  # noqa: B018 -- data problems surface before anything is written
             run.root.mkdir(parents=True, exist_ok=True)
             run.write_config(new_config)
-        _check_inputs(run, everything, pending)
         index = 0
         while index < len(stages):
             stage = stages[index]

@@ -38,6 +38,8 @@ class StageContext:
     config: dict[str, Any]
     progress: bool = False
     _data: DataBundle | None = field(default=None, repr=False)
+    #: what a stage's ``check`` prepared for its ``run`` (by stage name)
+    prepared: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def data(self) -> DataBundle:
@@ -63,6 +65,8 @@ class Stage:
         recompute: ``--force`` redoes it (scoring and reporting; training is never redone:
             delete its folder to retrain).
         parallel: may run in a worker process beside the other parallel stages next to it.
+        check: validates the stage's own inputs from outside the run (a teacher's files) before
+            anything is written; it may leave what it prepared in ``ctx.prepared[name]``.
     """
 
     name: str
@@ -74,6 +78,7 @@ class Stage:
     needs_data: bool = True
     recompute: bool = False
     parallel: bool = False
+    check: Callable[[StageContext], None] | None = None
 
 
 def trainable_students(config: dict[str, Any], data: DataBundle) -> list[str]:
@@ -96,10 +101,16 @@ def _train_ensemble(ctx: StageContext) -> None:
     train_ensemble(ctx.run, ctx.config, ctx.data, progress=ctx.progress)
 
 
+def _check_teacher(ctx: StageContext) -> None:
+    from endd.pipeline.teacher import prepare_teacher
+
+    ctx.prepared["teacher"] = prepare_teacher(ctx.run, ctx.config, ctx.data)
+
+
 def _cache_teacher(ctx: StageContext) -> None:
     from endd.pipeline.teacher import cache_teacher
 
-    cache_teacher(ctx.run, ctx.config, ctx.data)
+    cache_teacher(ctx.run, ctx.config, ctx.data, ctx.prepared.get("teacher"))
 
 
 def _student(method: str) -> Callable[[StageContext], None]:
@@ -127,18 +138,24 @@ def _report(ctx: StageContext) -> None:
 
 
 def plan(config: dict[str, Any], students: list[str]) -> list[Stage]:
-    """Every stage of a run with these ``students``, in order."""
+    """Every stage of a run with these ``students``, in order. A teacher from outside
+    (``teacher.source`` logits or checkpoints) replaces the ensemble stage."""
     student_input = "teacher" if config["students"]["teacher"] == "cached" else "ensemble"
     student_stages = [f"{STUDENT_PREFIX}{m}" for m in students]
+    trains_ensemble = config["teacher"]["source"] == "train"
+    ensemble = Stage(
+        "ensemble", "trained ensemble", ("ensemble",), (), ("ensemble",), _train_ensemble
+    )
     return [
-        Stage("ensemble", "trained ensemble", ("ensemble",), (), ("ensemble",), _train_ensemble),
+        *([ensemble] if trains_ensemble else []),
         Stage(
             "teacher",
             "cached teacher logits",
             ("ensemble", "distill"),
-            ("ensemble",),
+            ("ensemble",) if trains_ensemble else (),
             ("teacher",),
             _cache_teacher,
+            check=_check_teacher,
         ),
         *(
             Stage(

@@ -1,29 +1,311 @@
-"""The teacher-cache stage: member logits [N, M, K] on every split, computed once, as ``.npy``.
+"""The teacher-cache stage: member logits [N, M, K] on every split, as ``teacher/<split>.npy``.
 
 Everything downstream (students with a cached teacher, evaluation, the report) reads the teacher
-from ``teacher/``, never from where it came from. Today the source is the ensemble this run
-trained; other sources (a folder of logits, a user's member checkpoints) fill the same files.
+from ``teacher/``, never from where it came from. ``teacher.source`` names the source:
+
+- ``train``: the ensemble this run trained (``ensemble/``), run over every split;
+- ``logits``: a folder laid out like a run's ``teacher/`` (``train.npy``, ``test.npy``,
+  ``aux.npy``, ``ood_<name>.npy``, ``grid.npy``), each [N, M, K] member logits or
+  log-probabilities, float16/32/64, checked and copied in chunks (read memory-mapped);
+- ``checkpoints``: the user's member models (``teacher.members``), each built from its
+  backbone and weights and run once, in batches, over every split's *raw* inputs (the inputs as
+  the data files hold them: the members were trained on those, not on endd's standardisation).
+
+Every check is a one-line :class:`~endd.errors.DataError` naming the file and the fix, raised
+before anything is written to ``teacher/``; ``done.json`` is written last.
 """
 
 from __future__ import annotations
 
+import logging
+import pickle
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
 
 from endd.data import DataBundle
 from endd.engine import predict_in_batches
+from endd.errors import ConfigError, DataError
+from endd.methods import get_method
+from endd.models.registry import BACKBONES, build_model, resolve_import_path
 from endd.store import RunDir, artifacts
 from endd.store.models import load_model
 
+log = logging.getLogger("endd")
 
-def cache_teacher(run: RunDir, config: dict[str, Any], data: DataBundle) -> None:
-    """Run the trained ensemble over every split and cache its logits; ``done.json`` last."""
+#: Splits a teacher may lack: without ``grid.npy`` the report shows no ensemble map.
+OPTIONAL_SPLITS = ("grid",)
+_FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+_CHUNK_ROWS = 8192  # rows per chunk when checking and copying logits: memory stays bounded
+
+
+@dataclass
+class TeacherSource:
+    """A checked teacher source: ``write(folder)`` fills ``folder`` with ``<split>.npy`` and
+    returns their shapes; ``details`` go into ``done.json``."""
+
+    name: str
+    write: Callable[[Path], dict[str, list[int]]]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_teacher(run: RunDir, config: dict[str, Any], data: DataBundle) -> TeacherSource:
+    """Check ``teacher.source`` against the data (files, shapes, values, weights) without
+    writing anything; the pipeline calls this before a new run writes its first file."""
+    source, section = config["teacher"]["source"], config["teacher"]
+    splits = data.unlabelled_splits()
+    batch_size = config["trainer"]["eval_batch_size"]
+    if source == "train":  # the ensemble is trained by then: read it when writing
+
+        def write_from_ensemble(folder: Path) -> dict[str, list[int]]:
+            network = load_model(run.ensemble).network
+            return _write_member_logits(folder, [network], splits, batch_size, stacked=True)
+
+        return TeacherSource("train", write_from_ensemble)
+    if source == "logits":
+        folder = Path(section["path"]).expanduser()
+        arrays = _checked_folder(folder, data, _needs_members(config))
+
+        def copy(target: Path) -> dict[str, list[int]]:
+            for split, array in arrays.items():
+                _copy_float32(array, target / f"{split}.npy")
+            return {split: list(a.shape) for split, a in arrays.items()}
+
+        return TeacherSource("logits", copy, {"path": str(folder.resolve())})
+    networks = [_load_member(i, member, data) for i, member in enumerate(section["members"])]
+    raw = data.raw_splits()
+    _probe(networks, raw["train"], data.num_classes, "teacher.members")
+
+    def run_members(folder: Path) -> dict[str, list[int]]:
+        return _write_member_logits(folder, networks, raw, batch_size, stacked=False)
+
+    details = {"members": [m["weights"] for m in section["members"]]}
+    return TeacherSource("checkpoints", run_members, details)
+
+
+def cache_teacher(
+    run: RunDir, config: dict[str, Any], data: DataBundle, source: TeacherSource | None = None
+) -> None:
+    """Fill ``teacher/`` from ``teacher.source`` (``source``: already prepared); ``done.json``
+    last."""
     start = time.perf_counter()
-    ensemble = load_model(run.ensemble)
-    shapes = {}
-    for split, x in data.unlabelled_splits().items():
-        logits = predict_in_batches(ensemble.network, x, config["trainer"]["eval_batch_size"])
-        artifacts.write_array(run.teacher / f"{split}.npy", logits.float())
-        shapes[split] = list(logits.shape)
-    done = {"source": "ensemble", "splits": shapes, "seconds": time.perf_counter() - start}
+    source = source or prepare_teacher(run, config, data)
+    shapes = source.write(run.teacher)
+    done = {"source": source.name, **source.details, "splits": shapes}
+    done["seconds"] = time.perf_counter() - start
     artifacts.write_json(run.marker("teacher"), done)
+
+
+def _needs_members(config: dict[str, Any]) -> int:
+    """The smallest M the configured students can learn from: students that model the
+    members' disagreement (Prior Networks) need at least two."""
+    methods = config["students"]["methods"]
+    return 2 if any(get_method(m).model_kind.prior_network for m in methods) else 1
+
+
+# ---- source: a folder of logits --------------------------------------------------------------
+def _checked_folder(folder: Path, data: DataBundle, min_members: int) -> dict[str, np.ndarray]:
+    """Every split file of ``folder``, memory-mapped, after checking it against the data."""
+    if not folder.is_dir():
+        raise DataError(
+            f"teacher.path {folder} is not a folder; point it at a folder of <split>.npy files "
+            "(train.npy, test.npy, ...) laid out like a run's teacher/"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for split, x in data.unlabelled_splits().items():
+        path = folder / f"{split}.npy"
+        if not path.is_file():
+            if split in OPTIONAL_SPLITS:
+                log.warning("%s missing: the report will have no ensemble map", path)
+                continue
+            raise DataError(
+                f"teacher logits missing: {path}; write the members' logits on the {split} "
+                f"split there as an array [{len(x)}, M, {data.num_classes}]"
+            )
+        arrays[split] = _checked_logits(path, split, len(x), data.num_classes)
+    members = {split: a.shape[1] for split, a in arrays.items()}
+    if len(set(members.values())) > 1:
+        listing = ", ".join(f"{s}.npy {m}" for s, m in members.items())
+        raise DataError(
+            f"teacher logits in {folder} disagree on the number of members M ({listing}); every "
+            "split must hold the same members"
+        )
+    m = next(iter(members.values()))
+    if m < min_members:
+        raise DataError(
+            f"teacher logits in {folder} hold M={m} member; EnD² and Proxy students model the "
+            "members' disagreement and need M ≥ 2 (or train only end/end_aux students)"
+        )
+    return arrays
+
+
+def _checked_logits(path: Path, split: str, rows: int, classes: int) -> np.ndarray:
+    """``path`` memory-mapped, after checking its format, shape and values."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        detail = " ".join(str(error).split())
+        raise DataError(
+            f"cannot read {path} as a .npy array ({detail}); write it with numpy.save"
+        ) from None
+    if not isinstance(array, np.ndarray) or array.dtype not in _FLOAT_DTYPES:
+        raise DataError(
+            f"{path} holds {getattr(array, 'dtype', type(array).__name__)}; teacher logits must "
+            "be float16, float32 or float64"
+        )
+    if array.ndim != 3:
+        raise DataError(
+            f"{path} has shape {list(array.shape)}; teacher logits must be [N, M, K] "
+            "(inputs, members, classes)"
+        )
+    if array.shape[0] != rows:
+        raise DataError(
+            f"{path} holds {array.shape[0]} rows but the data's {split} split has {rows}; the "
+            "logits must be computed on the same inputs, in the same order"
+        )
+    if array.shape[2] != classes:
+        raise DataError(
+            f"{path} has K={array.shape[2]} classes but the data has {classes}; the last axis "
+            "must hold one logit per class"
+        )
+    for start in range(0, rows, _CHUNK_ROWS):
+        if not np.isfinite(array[start : start + _CHUNK_ROWS]).all():
+            raise DataError(
+                f"{path} holds NaN or infinite values (first in rows {start}.."
+                f"{min(rows, start + _CHUNK_ROWS) - 1}); teacher logits must be finite"
+            )
+    return array
+
+
+def _copy_float32(array: np.ndarray, path: Path) -> None:
+    """Write ``array`` [N, M, K] as float32 ``.npy`` chunk by chunk, atomically."""
+    with artifacts.atomic_path(path) as temporary:
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=array.shape)
+        for start in range(0, len(array), _CHUNK_ROWS):
+            out[start : start + _CHUNK_ROWS] = array[start : start + _CHUNK_ROWS]
+        out.flush()
+        del out
+
+
+# ---- sources that run networks -----------------------------------------------------------------
+def _write_member_logits(
+    folder: Path,
+    networks: Sequence[nn.Module],
+    splits: dict[str, Tensor],
+    batch_size: int,
+    *,
+    stacked: bool,
+) -> dict[str, list[int]]:
+    """Run ``networks`` over every split and write [N, M, K] per split.
+
+    Args:
+        stacked: one batched ensemble returning [B, M, K]; otherwise one network per member,
+            each returning [B, K].
+    """
+    shapes = {}
+    for split, x in splits.items():
+        if stacked:
+            logits = predict_in_batches(networks[0], x, batch_size)
+        else:
+            logits = torch.stack([predict_in_batches(n, x, batch_size) for n in networks], dim=1)
+        artifacts.write_array(folder / f"{split}.npy", logits.float())
+        shapes[split] = list(logits.shape)
+    return shapes
+
+
+def write_member_logits(
+    folder: Path, members: Sequence[nn.Module], data: DataBundle, batch_size: int
+) -> dict[str, list[int]]:
+    """The members' logits on every split of ``data`` (their *raw* inputs) into ``folder``,
+    laid out as ``teacher.source: logits`` reads it."""
+    raw = data.raw_splits()
+    _probe(list(members), raw["train"], data.num_classes, "teacher_members")
+    return _write_member_logits(folder, list(members), raw, batch_size, stacked=False)
+
+
+@torch.no_grad()
+def _probe(networks: Sequence[nn.Module], x: Tensor, classes: int, what: str) -> None:
+    """Each member maps two inputs to [2, K] finite logits, or a one-line error says which."""
+    for index, network in enumerate(networks):
+        try:
+            out = network.eval()(x[:2].to(next(network.parameters()).device))
+        except (RuntimeError, TypeError, ValueError, StopIteration) as error:
+            detail = " ".join(str(error).split())[:200]
+            raise DataError(
+                f"{what}[{index}] fails on the data's inputs {list(x.shape[1:])} ({detail}); "
+                "members get the raw inputs as the data files hold them"
+            ) from None
+        if not isinstance(out, Tensor) or tuple(out.shape) != (len(x[:2]), classes):
+            shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise DataError(
+                f"{what}[{index}] outputs {shape} for a batch of {len(x[:2])}; each member must "
+                f"return logits [B, K] with K={classes}, the data's number of classes"
+            )
+
+
+def _load_member(index: int, member: dict[str, Any], data: DataBundle) -> nn.Module:
+    """Build ``teacher.members[index]`` and load its weights."""
+    key = f"teacher.members[{index}]"
+    name, kwargs = member["backbone"], dict(member["kwargs"])
+    build: Callable[[], nn.Module]
+    if name in BACKBONES:
+
+        def build() -> nn.Module:
+            return build_model(
+                name, num_classes=data.num_classes, input_shape=data.input_shape, **kwargs
+            )
+
+    else:
+        factory = resolve_import_path(name)
+
+        def build() -> nn.Module:
+            return factory(**kwargs)
+
+    try:
+        network = build()
+    except (TypeError, ValueError, ConfigError) as error:
+        detail = " ".join(str(error).split())
+        raise ConfigError(f"{key}: cannot build {name!r} with kwargs {kwargs} ({detail})") from None
+    if not isinstance(network, nn.Module):
+        raise ConfigError(f"{key}: {name!r} built a {type(network).__name__}, not an nn.Module")
+    state = _read_weights(key, Path(member["weights"]).expanduser())
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise DataError(
+            f"{member['weights']} does not fit {key} ({name}, kwargs {kwargs}): {detail}; check "
+            f"the member's backbone and kwargs"
+        ) from None
+    return network.eval()
+
+
+def _read_weights(key: str, path: Path) -> dict[str, Tensor]:
+    """A state dict from a safetensors file or a torch file read with ``weights_only=True``
+    (nothing in it can run code); a Lightning checkpoint's ``state_dict`` is taken as is."""
+    if not path.is_file():
+        raise DataError(f"{key}.weights not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, SafetensorError, pickle.UnpicklingError):
+        kind = "safetensors" if path.suffix == ".safetensors" else "torch state dict"
+        raise DataError(
+            f"cannot read {path} ({key}.weights) as a {kind}: damaged, or a pickle that holds "
+            "more than tensors (only weights are loaded, nothing that can run code)"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise DataError(f"{path} ({key}.weights) is not a state dict of tensors")
+    return state

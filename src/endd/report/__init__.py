@@ -49,7 +49,8 @@ def write_report(run: RunDir) -> Path:
         )
     result = artifacts.read_json(run.metrics)
     students = [m for m in result["models"] if m not in ("individual", "ensemble")]
-    specs = {"ensemble": run.model_spec(run.ensemble)}
+    # training curves: the ensemble's only when this run trained it (not for a teacher from outside)
+    specs = {"ensemble": run.model_spec(run.ensemble)} if run.is_done("ensemble") else {}
     specs |= {m: run.model_spec(run.student(m)) for m in students}
     sections: list[str] = []
 
@@ -64,7 +65,8 @@ def write_report(run: RunDir) -> Path:
             run.figures / "data.png",
         )
         maps = {}
-        for model in specs:
+        missing_map = not saved.measures_path(run, "ensemble", "grid").is_file()
+        for model in [m for m in ("ensemble", *students) if not (m == "ensemble" and missing_map)]:
             measures = saved.read_arrays(run, saved.measures_path(run, model, "grid"))
             if "knowledge" not in measures:  # a single categorical: no split to map
                 continue
@@ -84,6 +86,14 @@ def write_report(run: RunDir) -> Path:
             "one colour scale. White dots: training data. An EnD² student should match the "
             "ensemble's total and data uncertainty; only with auxiliary data (EnD²+AUX) should "
             "it also reproduce the ensemble's knowledge uncertainty away from the data.\n",
+            *(
+                [
+                    "**The ensemble's map is missing**: the teacher logits this run was given "
+                    "have no `grid.npy`.\n"
+                ]
+                if missing_map
+                else []
+            ),
             "![uncertainty maps](figures/uncertainty_maps.png)\n",
         ]
 
@@ -111,11 +121,16 @@ def _markdown(
     config: dict[str, Any], result: dict[str, Any], sections: list[str], roc: bool
 ) -> str:
     members = result["ensemble_size"]
+    teacher = {
+        "train": f"ensemble of **{members}** `{config['model']['backbone']}` members",
+        "logits": f"teacher: **{members}** members' logits from `{config['teacher']['path']}`",
+        "checkpoints": f"teacher: **{members}** member checkpoints (`teacher.members`)",
+    }[config["teacher"]["source"]]
     lines = [
         f"# endd report: {config['name']}",
         "",
-        f"Dataset **{result['dataset']}** ({result['num_classes']} classes), ensemble of "
-        f"**{members}** `{config['model']['backbone']}` members, seed {result['seed']}. "
+        f"Dataset **{result['dataset']}** ({result['num_classes']} classes), {teacher}, "
+        f"seed {result['seed']}. "
         "Rates in %. *Individual* is each member alone, averaged over members. "
         "Uncertainty measures: T.Unc total, D.Unc data, K.Unc knowledge (mutual information).",
         "",
