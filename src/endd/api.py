@@ -52,6 +52,12 @@ class Run:
     @cached_property
     def ensemble(self) -> Predictor:
         """The trained ensemble: ``predict(x)`` gives member probabilities and every measure."""
+        source = self.config["teacher"]["source"]
+        if source != "train":
+            raise RunDirError(
+                f"{self.root} distilled a teacher from outside (teacher.source: {source}): it "
+                "has no ensemble model; its members' logits are in teacher/"
+            )
         return load_model(self._dir.ensemble)
 
     @cached_property

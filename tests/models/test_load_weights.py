@@ -11,7 +11,7 @@ from torch import nn
 from endd.errors import RunDirError
 from endd.models import build_model
 from endd.models.prior import Predictor
-from endd.store.models import _build_with_weights, load_model, save_model
+from endd.store.models import build_with_weights, load_model, save_model
 
 
 @pytest.mark.parametrize("backbone_id", sorted(TINY_BACKBONES))
@@ -26,7 +26,7 @@ def test_rebuilt_network_predicts_like_the_saved_one(backbone_id, members):
     saved = build().eval()
     weights = {key: value.clone() for key, value in saved.state_dict().items()}
     torch.manual_seed(1)  # a different init: only the loaded weights can make outputs agree
-    rebuilt = _build_with_weights(build, weights).eval()
+    rebuilt = build_with_weights(build, weights).eval()
 
     tensors = [*rebuilt.parameters(), *rebuilt.buffers()]
     assert not any(tensor.is_meta for tensor in tensors)
@@ -63,7 +63,7 @@ class _NeedsRealTensorsToBuild(nn.Module):
 def test_modules_the_shortcut_cannot_build_are_built_the_ordinary_way(module):
     saved = module()
     weights = {key: value.clone() for key, value in saved.state_dict().items()}
-    rebuilt = _build_with_weights(module, weights)
+    rebuilt = build_with_weights(module, weights)
 
     assert not any(tensor.is_meta for tensor in [*rebuilt.parameters(), *rebuilt.buffers()])
     inputs = torch.randn(4, 3)
@@ -73,7 +73,7 @@ def test_modules_the_shortcut_cannot_build_are_built_the_ordinary_way(module):
 
 def test_mismatched_weights_still_raise():
     with pytest.raises(RuntimeError, match="Missing key"):
-        _build_with_weights(_WithHiddenBuffer, {"fc.weight": torch.zeros(2, 3)})
+        build_with_weights(_WithHiddenBuffer, {"fc.weight": torch.zeros(2, 3)})
 
 
 def _saved_mlp(folder):

@@ -463,6 +463,19 @@ class TrainerConfig(_Section):
         "loss, and the temperature for students)",
     )
 
+    @field_validator("logger")
+    @classmethod
+    def _logger_installed(cls, value: str) -> str:
+        import importlib.util
+
+        if value == "tensorboard" and not any(
+            importlib.util.find_spec(p) for p in ("tensorboard", "tensorboardX")
+        ):
+            raise ValueError(
+                "is 'tensorboard' but tensorboard is not installed (pip install tensorboard)"
+            )
+        return value
+
 
 class Config(_Section):
     """A whole run: every key a run understands, with its default."""

@@ -153,20 +153,33 @@ class StudentModule(_TrainingModule):
         return float(self.schedule(self.global_step))
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        is_aux = None
-        if batch[-1].dtype == torch.bool:
-            batch, is_aux = batch[:-1], batch[-1]
-        x = self._inputs(batch[0])
-        if len(batch) > 1:
-            teacher_logits = batch[1].float()
-        else:
+        x, teacher_logits, is_aux = self._split_batch(batch)
+        x = self._inputs(x)
+        if teacher_logits is None:
             with torch.no_grad():
-                teacher_logits = self._teacher[0](x).float()
+                teacher_logits = self._run_teacher(x)
         kwargs = {**self.loss_kwargs, "temperature": self.temperature()}
         student_logits = self.model(x).float()  # one forward pass over training and aux rows
         loss = self._weighted_loss(student_logits, teacher_logits, is_aux, kwargs)
         self._record(loss, len(x))
         return loss
+
+    def _split_batch(self, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(inputs, cached teacher logits [B, M, K] or None, auxiliary-row mask or None)``.
+
+        The pipeline's batches are ``(x, teacher_logits)`` or ``(x,)``, each optionally followed
+        by a bool mask of the auxiliary rows (:class:`endd.lightning.Distiller` reads other
+        forms)."""
+        is_aux = None
+        if batch[-1].dtype == torch.bool:
+            batch, is_aux = batch[:-1], batch[-1]
+        teacher_logits = batch[1].float() if len(batch) > 1 else None
+        return batch[0], teacher_logits, is_aux
+
+    def _run_teacher(self, x: Tensor) -> Tensor:
+        """The online teacher's member logits [B, M, K] for the inputs the student sees (called
+        under ``torch.no_grad``)."""
+        return self._teacher[0](x).float()
 
     def _weighted_loss(
         self, student: Tensor, teacher: Tensor, is_aux: Tensor | None, kwargs: dict[str, Any]
@@ -187,7 +200,7 @@ class StudentModule(_TrainingModule):
 
     def on_train_epoch_end(self) -> None:
         self.epoch_temperatures.append(self.temperature())
-        self._show("T", self.epoch_temperatures[-1])
+        self._show("temperature", self.epoch_temperatures[-1])
         super().on_train_epoch_end()
 
     def on_fit_start(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 CHECKPOINT_NAME = "last.ckpt"
@@ -39,7 +40,12 @@ class AtomicEpochCheckpoint(Callback):
 
 
 _LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
-_HARMLESS_WARNINGS = (".*does not have many workers.*", ".*LeafSpec.*", ".*`isinstance.*treespec.*")
+_HARMLESS_WARNINGS = (
+    ".*does not have many workers.*",  # our batches are whole tensors: no workers needed
+    ".*LeafSpec.*",
+    ".*`isinstance.*treespec.*",
+    ".*smaller than the logging interval.*",  # endd logs per epoch, not per step
+)
 
 
 @contextmanager
@@ -71,6 +77,7 @@ def fit(
     gradient_clip: float | None = None,
     progress: bool = False,
     description: str = "",
+    logger: Logger | None = None,
 ) -> None:
     """Train ``module`` for ``epochs``, resuming from ``checkpoint_dir/last.ckpt`` if present.
 
@@ -79,17 +86,20 @@ def fit(
     Args:
         progress: show a progress bar (callers pass False when stderr is not a terminal: a bar
             redrawn into a log file is thousands of lines of noise).
+        logger: a Lightning logger for the per-epoch values the module logs (loss,
+            temperature); see :func:`make_logger`.
     """
     checkpoint_dir = Path(checkpoint_dir)
     resume = checkpoint_dir / CHECKPOINT_NAME
     callbacks: list[Callback] = [AtomicEpochCheckpoint(checkpoint_dir)]
     if progress:
         callbacks.append(_DescribedProgressBar(description))
+    if progress or logger is not None:
         features: dict[str, Any] = dict(
-            logger=False,
+            logger=logger if logger is not None else False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            enable_progress_bar=True,
+            enable_progress_bar=progress,
         )
     else:
         # Without a bar nothing needs Lightning's logging machinery: barebones mode skips it
@@ -114,6 +124,18 @@ def fit(
             ckpt_path=str(resume) if resume.is_file() else None,
             weights_only=True,
         )
+
+
+def make_logger(kind: str, save_dir: Path, name: str) -> Logger | None:
+    """``trainer.logger``: ``none`` (None), ``csv`` or ``tensorboard``, writing into
+    ``save_dir/name/``."""
+    if kind == "none":
+        return None
+    if kind == "csv":
+        return CSVLogger(save_dir, name=name, version="")
+    if kind == "tensorboard":
+        return TensorBoardLogger(save_dir, name=name, version="", default_hp_metric=False)
+    raise ValueError(f"unknown logger '{kind}'; choose from none, csv, tensorboard")
 
 
 class _DescribedProgressBar(TQDMProgressBar):

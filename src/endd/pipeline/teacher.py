@@ -37,7 +37,7 @@ from endd.errors import ConfigError, DataError
 from endd.methods import get_method
 from endd.models.registry import BACKBONES, build_model, resolve_import_path
 from endd.store import RunDir, artifacts
-from endd.store.models import load_model
+from endd.store.models import build_with_weights, load_model
 
 log = logging.getLogger("endd")
 
@@ -269,22 +269,20 @@ def _load_member(index: int, member: dict[str, Any], data: DataBundle) -> nn.Mod
         def build() -> nn.Module:
             return factory(**kwargs)
 
+    state = _read_weights(key, Path(member["weights"]).expanduser())
     try:
-        network = build()
+        network = build_with_weights(build, state)
     except (TypeError, ValueError, ConfigError) as error:
         detail = " ".join(str(error).split())
         raise ConfigError(f"{key}: cannot build {name!r} with kwargs {kwargs} ({detail})") from None
-    if not isinstance(network, nn.Module):
-        raise ConfigError(f"{key}: {name!r} built a {type(network).__name__}, not an nn.Module")
-    state = _read_weights(key, Path(member["weights"]).expanduser())
-    try:
-        network.load_state_dict(state)
     except RuntimeError as error:
         detail = " ".join(str(error).split())
         raise DataError(
             f"{member['weights']} does not fit {key} ({name}, kwargs {kwargs}): {detail}; check "
             f"the member's backbone and kwargs"
         ) from None
+    if not isinstance(network, nn.Module):
+        raise ConfigError(f"{key}: {name!r} built a {type(network).__name__}, not an nn.Module")
     return network.eval()
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
 from endd.data import DataBundle
 from endd.engine import EnsembleModule, StudentModule, batch_loader, fit, seeded
+from endd.engine.trainer import make_logger
 from endd.errors import RunDirError
 from endd.methods import get_method
 from endd.models import build_model
@@ -61,6 +63,7 @@ def _fit_and_save(
     data: DataBundle,
     *,
     progress: bool,
+    logger: Logger | None,
     start: float,
     description: str,
     kind: str,
@@ -78,6 +81,7 @@ def _fit_and_save(
         gradient_clip=section["gradient_clip"],
         progress=progress,
         description=description,
+        logger=logger,
     )
     spec = {
         "backbone": config["model"]["backbone"],
@@ -124,6 +128,7 @@ def train_ensemble(
             section,
             data,
             progress=progress,
+            logger=make_logger(config["trainer"]["logger"], run.logs, "ensemble"),
             start=start,
             description=f"ensemble ({section['members']} members)",
             kind="ensemble",
@@ -174,6 +179,7 @@ def train_student(
             section,
             data,
             progress=progress,
+            logger=make_logger(config["trainer"]["logger"], run.logs, f"student_{name}"),
             start=start,
             description=f"student {name}",
             kind=method.kind,

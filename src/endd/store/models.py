@@ -19,7 +19,7 @@ from endd.models.kinds import get_kind
 from endd.models.prior import Predictor, PriorNetwork
 from endd.store import artifacts
 
-__all__ = ["load_model", "save_model"]
+__all__ = ["build_with_weights", "load_model", "save_model"]
 
 
 def save_model(folder: Path, predictor: Predictor, spec: dict[str, Any]) -> None:
@@ -57,7 +57,7 @@ def load_model(folder: Path) -> Predictor:
         )
 
     try:
-        network = _build_with_weights(build, weights)
+        network = build_with_weights(build, weights)
     except RuntimeError as error:
         details = " ".join(str(error).split())
         raise RunDirError(
@@ -71,7 +71,7 @@ def load_model(folder: Path) -> Predictor:
     return predictor.eval()
 
 
-def _build_with_weights(
+def build_with_weights(
     build: Callable[[], torch.nn.Module], weights: dict[str, torch.Tensor]
 ) -> torch.nn.Module:
     """``build()`` with ``weights`` loaded, skipping the random initialisation where it can.

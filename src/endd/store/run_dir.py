@@ -8,6 +8,7 @@ RUN/
   students/<method>/       model.safetensors + model.json (+ checkpoints/ while training)
   predictions/<model>/     <split>.npy student logits per evaluated split
   evaluation/              report inputs: measures/<model>/<split>.npz, roc/<ood>.npz, data.npz
+  logs/<model>/            training curves when trainer.logger is csv or tensorboard
   metrics.json             the machine-readable result
   report.md, figures/      for people
 ```
@@ -68,6 +69,11 @@ class RunDir:
     @property
     def evaluation(self) -> Path:
         return self.root / "evaluation"
+
+    @property
+    def logs(self) -> Path:
+        """Training curves of ``trainer.logger`` (csv / tensorboard), one folder per model."""
+        return self.root / "logs"
 
     @property
     def metrics(self) -> Path:
