@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 # Public names are imported on first use: `import endd` (and `endd --help`) stays fast instead of
 # loading Lightning.
 _EXPORTS = {
+    "Distiller": "endd.lightning",
     "Run": "endd.api",
     "distill_arrays": "endd.api",
     "load_run": "endd.api",
