@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import textwrap
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from endd.config import load_yaml
 from endd.pipeline.run import run_config
@@ -42,65 +42,27 @@ def test_logits_folder_of_a_finished_run_reproduces_its_students(tmp_path, tiny_
 
 
 # ---- the issue's "must show": members trained with plain PyTorch, no endd ------------------
-MEMBER_MODULE = """
-from torch import nn
-
-
-class DigitsMLP(nn.Module):
-    def __init__(self, hidden=64):
-        super().__init__()
-        self.layers = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-
-    def forward(self, x):
-        return self.layers(x)
-"""
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "your_ensemble_files.py"
 
 
 @pytest.fixture(scope="module")
 def digits_members(tmp_path_factory):
-    """Three MLPs trained on scikit-learn's digits with a plain PyTorch loop, their state dicts
-    saved with torch.save, and the digits written as an .npz of raw features."""
+    """examples/your_ensemble_files.py: three MLPs trained on scikit-learn's digits with a plain
+    PyTorch loop (no endd), saved as safetensors, their logits as a teacher folder, the digits
+    as an .npz of raw features."""
     root = tmp_path_factory.mktemp("digits")
-    (root / "digitnets.py").write_text(textwrap.dedent(MEMBER_MODULE))
-    import sys
-
-    sys.path.insert(0, str(root))
-    try:
-        from digitnets import DigitsMLP
-    finally:
-        sys.path.remove(str(root))
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x))
-    train, test = order[:1257], order[1257:]
-    np.savez(
-        root / "digits.npz", x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test]
-    )
-    members, weights = [], []
-    xt, yt = torch.from_numpy(x[train]), torch.from_numpy(y[train])
-    for seed in range(3):
-        torch.manual_seed(seed)
-        member = DigitsMLP()
-        optimiser = torch.optim.Adam(member.parameters(), lr=1e-2)
-        for _ in range(150):  # full-batch training
-            optimiser.zero_grad()
-            torch.nn.functional.cross_entropy(member(xt), yt).backward()
-            optimiser.step()
-        path = root / f"member{seed}.pt"
-        torch.save(member.state_dict(), path)
-        members.append(member.eval())
-        weights.append(path)
-    return root, members, weights, x[train], x[test]
+    subprocess.run([sys.executable, str(EXAMPLE), str(root)], check=True, timeout=300)
+    return root
 
 
 def test_member_checkpoints_distill_to_ensemble_accuracy(tmp_path, digits_members, monkeypatch):
-    root, members, weights, x_train, x_test = digits_members
-    monkeypatch.syspath_prepend(str(root))
-    members_config = [
-        {"backbone": "digitnets.DigitsMLP", "kwargs": {"hidden": 64}, "weights": str(w)}
-        for w in weights
+    root = digits_members
+    monkeypatch.syspath_prepend(str(root))  # the members' class: digitnets.DigitsMLP
+    members = [
+        {"backbone": "digitnets.DigitsMLP", "kwargs": {"hidden": 64}, "weights": str(path)}
+        for path in sorted((root / "members").glob("*.safetensors"))
     ]
+    assert len(members) == 3
     common = {
         "name": "digits",
         "data": {"name": "npz", "path": str(root / "digits.npz")},
@@ -108,7 +70,7 @@ def test_member_checkpoints_distill_to_ensemble_accuracy(tmp_path, digits_member
         "trainer": {"workers": 1},
     }
     from_checkpoints = run_config(
-        common | {"teacher": {"source": "checkpoints", "members": members_config}},
+        common | {"teacher": {"source": "checkpoints", "members": members}},
         tmp_path / "ckpt",
         quiet=True,
     )
@@ -118,14 +80,8 @@ def test_member_checkpoints_distill_to_ensemble_accuracy(tmp_path, digits_member
     assert endd <= ensemble + 0.02, (endd, ensemble)
 
     # the same members' logits, computed by the user, as a teacher.path folder
-    folder = tmp_path / "logits"
-    folder.mkdir()
-    with torch.no_grad():
-        for split, x in (("train", x_train), ("test", x_test)):
-            logits = torch.stack([m(torch.from_numpy(x)) for m in members], dim=1)
-            np.save(folder / f"{split}.npy", logits.numpy())
     from_logits = run_config(
-        common | {"teacher": {"source": "logits", "path": str(folder)}},
+        common | {"teacher": {"source": "logits", "path": str(root / "teacher_logits")}},
         tmp_path / "logits_run",
         quiet=True,
     )

@@ -143,13 +143,18 @@ def _markdown(
         "",
         "## OOD detection (AUROC %, OOD = positive class)",
         "",
-        "50 = chance. Below 50 a model is *more* certain on the OOD inputs than on the test "
-        "inputs, which happens when the test data is noisy (high data uncertainty) and the "
-        "networks extrapolate confidently far from it.",
-        "",
-        ood_table(result),
-        "",
     ]
+    if result["models"]["ensemble"]["ood"]:
+        lines += [
+            "50 = chance. Below 50 a model is *more* certain on the OOD inputs than on the test "
+            "inputs, which happens when the test data is noisy (high data uncertainty) and the "
+            "networks extrapolate confidently far from it.",
+            "",
+            ood_table(result),
+            "",
+        ]
+    else:
+        lines += ["This run has no OOD sets (`x_ood_<name>` arrays, or `data.ood`).", ""]
     if roc:
         lines += ["![ROC curves for OOD detection](figures/ood_roc.png)", ""]
     lines += sections
