@@ -111,7 +111,56 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--base-url", default=None, help=argparse.SUPPRESS)
     _add_run_options(download, overrides=False)
     _add_config_commands(commands)
+    _add_deploy_commands(commands)
     return parser
+
+
+def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="probabilities and uncertainty of a trained model for a file of new inputs",
+        description="Run a run's model over raw inputs (the run's standardisation is applied) "
+        "in batches and write an .npz with probs [N, K], alphas [N, K] (Prior Networks) and the "
+        "measures the model has: total, data, knowledge, epkl, confidence [N].",
+    )
+    predict.add_argument("run_dir", help="an existing run directory (made by `endd run`)")
+    predict.add_argument(
+        "--model", required=True, help="'ensemble' or a finished student, e.g. endd"
+    )
+    predict.add_argument(
+        "--input",
+        required=True,
+        help="a .npy file, an .npz file with the array 'x', or a folder of images",
+    )
+    predict.add_argument("--out", required=True, help="the .npz file to write")
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="inputs per forward pass (default: the run's trainer.eval_batch_size)",
+    )
+    _add_run_options(predict, overrides=False)
+
+    export = commands.add_parser(
+        "export",
+        help="one ONNX or TorchScript file: raw inputs to probabilities and uncertainty",
+        description="Export a run's model as one graph from raw inputs (standardisation "
+        "included) to named outputs (probs, alphas, total, data, knowledge, epkl, confidence: "
+        "those the model has), dynamic batch axis. The file is checked against endd right after "
+        "export and written only if every output agrees within 1e-4.",
+    )
+    export.add_argument("run_dir", help="an existing run directory (made by `endd run`)")
+    export.add_argument(
+        "--model", required=True, help="'ensemble' or a finished student, e.g. endd"
+    )
+    export.add_argument(
+        "--format",
+        required=True,
+        metavar="onnx|torchscript",
+        help="onnx (needs pip install 'endd[export]') or torchscript",
+    )
+    export.add_argument("--out", required=True, help="the file to write")
+    _add_run_options(export, overrides=False)
 
 
 def _add_config_commands(commands: argparse._SubParsersAction) -> None:
@@ -177,6 +226,21 @@ def _dispatch(args: argparse.Namespace) -> None:
         show = sys.stderr.isatty() and log.isEnabledFor(logging.INFO)
         path = download(args.name, args.root, base_url=args.base_url, progress=show)
         log.info("%s is in %s", args.name, path)
+    elif args.command == "predict":
+        from endd.deploy.predict import predict_file
+
+        result = predict_file(
+            args.run_dir, args.model, args.input, args.out, batch_size=args.batch_size
+        )
+        if not args.quiet:
+            count = len(next(iter(result.values())))
+            print(f"predictions: {args.out} ({count} inputs: {', '.join(result)})")
+    elif args.command == "export":
+        from endd.deploy.export import export_model
+
+        exported = export_model(args.run_dir, args.model, args.format, args.out)
+        if not args.quiet:
+            print(f"exported: {exported.summary()}")
 
 
 log = logging.getLogger("endd")

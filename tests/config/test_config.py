@@ -105,7 +105,9 @@ def test_documented_defaults():
         "num_threads": None,
         "workers": None,
         "eval_batch_size": 4096,
+        "logger": "none",
     }
+    assert config["teacher"] == {"source": "train", "path": None, "members": []}
 
 
 def test_resolved_configs_are_independent_of_defaults():
@@ -477,6 +479,7 @@ def test_config_schema_describes_every_section():
         "model",
         "ensemble",
         "students",
+        "teacher",
         "trainer",
     }
     assert schema["additionalProperties"] is False

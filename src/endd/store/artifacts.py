@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +21,20 @@ from safetensors.torch import save_file
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; on success rename it into place, else delete it."""
+    """Yield a temporary path beside ``path``; on success rename it into place, else delete it.
+
+    The temporary file is created with the user's umask (mode 0666 minus the umask, like any
+    file the user writes), not ``mkstemp``'s private 0600, so artifacts can be shared.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:  # a name taken by another writer: draw again
+            continue
     os.close(handle)
     try:
         yield Path(temporary)
