@@ -67,3 +67,69 @@ def test_predict_checks_the_input_shape(tmp_path):
 def test_distill_arrays_argument_errors(tmp_path):
     with pytest.raises(DataError, match="both x_test and y_test"):
         endd.distill_arrays(np.zeros((4, 2)), np.zeros(4), x_test=np.zeros((2, 2)))
+
+
+def _members(x: np.ndarray, y: np.ndarray, count: int = 3) -> list[torch.nn.Module]:
+    """Small classifiers trained with plain PyTorch on raw inputs, as a user's would be."""
+    members = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        member = torch.nn.Sequential(
+            torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+        )
+        optimiser = torch.optim.Adam(member.parameters(), lr=0.05)
+        inputs = torch.from_numpy((x - 100.0).astype(np.float32))  # the member's own scaling
+        for _ in range(60):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(member(inputs), torch.from_numpy(y)).backward()
+            optimiser.step()
+        members.append(torch.nn.Sequential(_Shift(-100.0), member).eval())
+    return members
+
+
+class _Shift(torch.nn.Module):
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x):
+        return x + self.offset
+
+
+def test_distill_arrays_from_the_users_members_or_their_logits(tmp_path):
+    rng = np.random.default_rng(2)
+    x, y = _blobs(150, rng)
+    x_test, y_test = _blobs(60, rng)
+    members = _members(x, y)
+    common = dict(x_test=x_test, y_test=y_test, methods=["endd"], overrides=TINY)
+    from_members = endd.distill_arrays(x, y, out=tmp_path / "m", teacher_members=members, **common)
+    with torch.no_grad():
+        logits = {
+            split: torch.stack([m(torch.from_numpy(v)) for m in members], dim=1).numpy()
+            for split, v in (("train", x), ("test", x_test))
+        }
+    from_logits = endd.distill_arrays(x, y, out=tmp_path / "l", teacher_logits=logits, **common)
+    a, b = from_members.metrics, from_logits.metrics
+    a.pop("timing"), b.pop("timing")
+    # endd also ran the members over the 2-D grid, which the user's logits do not cover
+    assert set(a["models"]["endd"]["fidelity"]) == {"test", "grid"}
+    del a["models"]["endd"]["fidelity"]["grid"]
+    assert a == b  # the members ran on the same raw inputs as the user's own call
+    assert a["ensemble_size"] == 3 and a["models"]["ensemble"]["error"] < 0.2
+    assert not (tmp_path / "m" / "ensemble").exists()  # nothing trained but the student
+    with pytest.raises(RunDirError, match="teacher from outside"):
+        from_members.ensemble  # noqa: B018
+
+
+def test_distill_arrays_holds_out_the_teacher_logits_with_the_test_set(tmp_path):
+    rng = np.random.default_rng(3)
+    x, y = _blobs(100, rng)
+    logits = np.stack([np.eye(3)[y] * 4.0 + rng.normal(size=(100, 3)) for _ in range(3)], axis=1)
+    run = endd.distill_arrays(
+        x, y, teacher_logits={"train": logits}, out=tmp_path / "r", methods=["end"], overrides=TINY
+    )
+    test = np.load(tmp_path / "r" / "teacher" / "test.npy")
+    assert test.shape == (20, 3, 3)  # 20 % held out, with their logits
+    assert run.metrics["models"]["ensemble"]["error"] < 0.1
+    with pytest.raises(DataError, match="not both"):
+        endd.distill_arrays(x, y, teacher_logits={"train": logits}, teacher_members=[])

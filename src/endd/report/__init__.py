@@ -71,13 +71,14 @@ def write_report(run: RunDir) -> Path:
             if "knowledge" not in measures:  # a single categorical: no split to map
                 continue
             maps[model] = {m: measures[m] for m in MAP_MEASURES if m in measures}
-        figures.uncertainty_maps(
-            data["grid"],
-            tuple(int(n) for n in data["grid_shape"]),
-            maps,
-            data["x_train"],
-            run.figures / "uncertainty_maps.png",
-        )
+        if maps:  # none when the ensemble's map is missing and every student is categorical
+            figures.uncertainty_maps(
+                data["grid"],
+                tuple(int(n) for n in data["grid_shape"]),
+                maps,
+                data["x_train"],
+                run.figures / "uncertainty_maps.png",
+            )
         sections += [
             "## Data\n",
             "![training, auxiliary and OOD data](figures/data.png)\n",
@@ -94,7 +95,7 @@ def write_report(run: RunDir) -> Path:
                 if missing_map
                 else []
             ),
-            "![uncertainty maps](figures/uncertainty_maps.png)\n",
+            *(["![uncertainty maps](figures/uncertainty_maps.png)\n"] if maps else []),
         ]
 
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]] = {}
