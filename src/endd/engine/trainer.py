@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
@@ -124,6 +125,17 @@ def fit(
             ckpt_path=str(resume) if resume.is_file() else None,
             weights_only=True,
         )
+
+
+def inference_device(trainer_config: dict[str, Any]) -> torch.device:
+    """Where the teacher cache and evaluation run their forward passes: the configured
+    accelerator when it is there (``auto`` takes CUDA, then MPS), else the CPU."""
+    accelerator = trainer_config.get("accelerator", "cpu")
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def make_logger(kind: str, save_dir: Path, name: str) -> Logger | None:

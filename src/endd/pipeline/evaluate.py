@@ -36,7 +36,7 @@ from torch import Tensor
 
 from endd import metrics
 from endd.data import DataBundle
-from endd.engine import predict_in_batches
+from endd.engine import inference_device, predict_in_batches
 from endd.methods import get_method
 from endd.models.kinds import get_kind, outputs_from_logits
 from endd.store import RunDir, artifacts
@@ -193,7 +193,7 @@ def evaluate(
     batch_size = config["trainer"]["eval_batch_size"]
     for method in methods:
         kind = get_method(method).kind
-        predictor = load_model(run.student(method))
+        predictor = load_model(run.student(method)).to(inference_device(config["trainer"]))
         outputs = {}
         for split in splits:
             logits = predict_in_batches(predictor.network, all_splits[split], batch_size)

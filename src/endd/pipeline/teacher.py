@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from endd.data import DataBundle
-from endd.engine import predict_in_batches
+from endd.engine import inference_device, predict_in_batches
 from endd.errors import ConfigError, DataError
 from endd.methods import get_method
 from endd.models.registry import BACKBONES, build_model, resolve_import_path
@@ -63,10 +63,11 @@ def prepare_teacher(run: RunDir, config: dict[str, Any], data: DataBundle) -> Te
     source, section = config["teacher"]["source"], config["teacher"]
     splits = data.unlabelled_splits()
     batch_size = config["trainer"]["eval_batch_size"]
+    device = inference_device(config["trainer"])
     if source == "train":  # the ensemble is trained by then: read it when writing
 
         def write_from_ensemble(folder: Path) -> dict[str, list[int]]:
-            network = load_model(run.ensemble).network
+            network = load_model(run.ensemble).network.to(device)
             return _write_member_logits(folder, [network], splits, batch_size, stacked=True)
 
         return TeacherSource("train", write_from_ensemble)
@@ -80,7 +81,9 @@ def prepare_teacher(run: RunDir, config: dict[str, Any], data: DataBundle) -> Te
             return {split: list(a.shape) for split, a in arrays.items()}
 
         return TeacherSource("logits", copy, {"path": str(folder.resolve())})
-    networks = [_load_member(i, member, data) for i, member in enumerate(section["members"])]
+    networks = [
+        _load_member(i, member, data).to(device) for i, member in enumerate(section["members"])
+    ]
     raw = data.raw_splits()
     _probe(networks, raw["train"], data.num_classes, "teacher.members")
 
