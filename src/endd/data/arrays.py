@@ -1,5 +1,7 @@
-"""Bring-your-own arrays: an ``.npz`` file with ``x_train``, ``y_train``, ``x_test``, ``y_test``,
-optionally ``x_aux`` and any number of ``x_ood_<name>``."""
+"""Bring-your-own arrays: ``x_train``, ``y_train``, ``x_test``, ``y_test``, optionally ``x_aux``
+and any number of ``x_ood_<name>``, as one ``.npz`` file (read into memory) or as a folder of
+``.npy`` files of those names (inputs stay on disk and are read a batch at a time: data larger
+than memory; see :mod:`endd.data.ondisk`)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from endd.data.bundle import DataBundle, standardised_bundle
-from endd.errors import DataError
+from endd.errors import DataError, did_you_mean
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -48,6 +51,8 @@ def load_npz(data: dict, seed: int) -> DataBundle:
     if not data.get("path"):
         raise DataError("data.name is 'npz' but data.path is not set (use --set data.path=FILE)")
     path = Path(data["path"])
+    if path.is_dir():
+        return load_npy_folder(data, path)
     if not path.is_file():
         raise DataError(f"npz file not found: {path}")
     try:
@@ -58,29 +63,12 @@ def load_npz(data: dict, seed: int) -> DataBundle:
     missing = [key for key in REQUIRED_KEYS if key not in arrays]
     if missing:
         raise DataError(f"{path} lacks the array(s) {', '.join(missing)}")
-    unknown = [
-        k for k in arrays if k not in (*REQUIRED_KEYS, "x_aux") and not k.startswith("x_ood_")
-    ]
-    if unknown:
-        raise DataError(
-            f"{path} holds unexpected array(s) {', '.join(unknown)}; allowed: "
-            "x_train, y_train, x_test, y_test, x_aux, x_ood_<name>"
-        )
+    _refuse_unexpected(path, arrays, "")
     x_train = _inputs("x_train", arrays["x_train"])
     x_test = _inputs("x_test", arrays["x_test"])
     y_train = _labels("y_train", arrays["y_train"], len(x_train))
     y_test = _labels("y_test", arrays["y_test"], len(x_test))
-    num_classes = int(y_train.max()) + 1 if len(y_train) else 0
-    present = np.unique(y_train)
-    if num_classes < 2 or len(present) != num_classes:
-        absent = sorted(set(range(num_classes)) - set(present.tolist()))
-        raise DataError(
-            f"y_train must use every label 0..K-1 with K ≥ 2; labels {absent} never occur"
-            if absent
-            else "y_train must contain at least two classes"
-        )
-    if len(y_test) and y_test.max() >= num_classes:
-        raise DataError(f"y_test holds label {int(y_test.max())} that y_train never uses")
+    num_classes = _num_classes(y_train, y_test)
     shapes = {key: arrays[key].shape[1:] for key in arrays if key.startswith("x_")}
     for key, shape in shapes.items():
         if shape != x_train.shape[1:]:
@@ -92,16 +80,8 @@ def load_npz(data: dict, seed: int) -> DataBundle:
 
     grid, grid_shape = None, None
     if x_train.ndim == 2 and x_train.shape[1] == 2:
-        # 2-D data: a grid over the data (and aux) with a 15 % margin, for uncertainty maps.
         stack = x_train if x_aux is None else np.concatenate([x_train, x_aux])
-        low, high = stack.min(axis=0), stack.max(axis=0)
-        margin = 0.15 * (high - low)
-        res = data["grid_resolution"]
-        gx, gy = np.meshgrid(
-            np.linspace(low[0] - margin[0], high[0] + margin[0], res, dtype=np.float32),
-            np.linspace(low[1] - margin[1], high[1] + margin[1], res, dtype=np.float32),
-        )
-        grid, grid_shape = np.stack([gx.ravel(), gy.ravel()], axis=1), (res, res)
+        grid, grid_shape = _grid(stack.min(axis=0), stack.max(axis=0), data["grid_resolution"])
 
     return standardised_bundle(
         "npz",
@@ -115,4 +95,129 @@ def load_npz(data: dict, seed: int) -> DataBundle:
         grid=grid,
         grid_shape=grid_shape,
         per_channel=x_train.ndim > 2,
+    )
+
+
+def _refuse_unexpected(where: Path, keys, suffix: str) -> None:
+    """Only the documented array names: a typo (``x_tset``) is an error, not a silent skip."""
+    allowed = (*REQUIRED_KEYS, "x_aux")
+    unknown = [k for k in keys if k not in allowed and not k.startswith("x_ood_")]
+    if unknown:
+        hint = did_you_mean(unknown[0], allowed)
+        raise DataError(
+            f"{where} holds unexpected array(s) {', '.join(k + suffix for k in unknown)}{hint}; "
+            "allowed: x_train, y_train, x_test, y_test, x_aux, x_ood_<name>"
+        )
+
+
+def _num_classes(y_train: np.ndarray, y_test: np.ndarray) -> int:
+    """K from the training labels, which must use every label 0..K-1 (K ≥ 2)."""
+    num_classes = int(y_train.max()) + 1 if len(y_train) else 0
+    present = np.unique(y_train)
+    if num_classes < 2 or len(present) != num_classes:
+        absent = sorted(set(range(num_classes)) - set(present.tolist()))
+        raise DataError(
+            f"y_train must use every label 0..K-1 with K ≥ 2; labels {absent} never occur"
+            if absent
+            else "y_train must contain at least two classes"
+        )
+    if len(y_test) and y_test.max() >= num_classes:
+        raise DataError(f"y_test holds label {int(y_test.max())} that y_train never uses")
+    return num_classes
+
+
+def _grid(low: np.ndarray, high: np.ndarray, res: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """2-D data: a grid over [low, high] with a 15 % margin, for uncertainty maps."""
+    margin = 0.15 * (high - low)
+    gx, gy = np.meshgrid(
+        np.linspace(low[0] - margin[0], high[0] + margin[0], res, dtype=np.float32),
+        np.linspace(low[1] - margin[1], high[1] + margin[1], res, dtype=np.float32),
+    )
+    return np.stack([gx.ravel(), gy.ravel()], axis=1), (res, res)
+
+
+def load_npy_folder(data: dict, folder: Path) -> DataBundle:
+    """The folder form: ``x_*.npy`` stay on disk (read a batch at a time, standardised per
+    batch), labels are read into memory. Statistics and checks go over the inputs in chunks, so
+    memory does not grow with N."""
+    from endd.data.ondisk import NpyRows, StandardisedRows, iter_chunks
+
+    files = {p.stem: p for p in folder.glob("*.npy")}
+    _refuse_unexpected(folder, files, ".npy")
+    missing = [key for key in REQUIRED_KEYS if key not in files]
+    if missing:
+        raise DataError(
+            f"{folder} lacks {', '.join(f'{key}.npy' for key in missing)}; the folder form holds "
+            "x_train.npy, y_train.npy, x_test.npy, y_test.npy (+ x_aux.npy, x_ood_<name>.npy)"
+        )
+    inputs = {key: NpyRows(path) for key, path in files.items() if key.startswith("x_")}
+    if data.get("aux", "x_aux") is None:
+        inputs.pop("x_aux", None)
+    train = inputs["x_train"]
+    for key, rows in inputs.items():
+        if len(rows.shape) < 2:
+            raise DataError(f"'{key}' must be [N, features...], got shape {rows.shape}")
+        if rows.dtype.kind not in "biuf":
+            raise DataError(f"'{key}' must be numeric, got dtype {rows.dtype}")
+        if rows.shape[1:] != train.shape[1:]:
+            raise DataError(
+                f"'{key}' has feature shape {rows.shape[1:]}, x_train has {train.shape[1:]}"
+            )
+    labels = {}
+    for key, x_key in (("y_train", "x_train"), ("y_test", "x_test")):
+        try:
+            y = np.load(files[key], allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read {files[key]} as a .npy array: {err}") from None
+        labels[key] = _labels(key, y, len(inputs[x_key]))
+    num_classes = _num_classes(labels["y_train"], labels["y_test"])
+
+    # one pass over x_train: finiteness, per-feature (or per-channel) mean and std, range
+    per_channel = len(train.shape) > 2
+    axes = (0, *range(2, len(train.shape))) if per_channel else (0,)
+    count, total, squares = 0, 0.0, 0.0
+    low = high = None
+    for key, rows in inputs.items():
+        for start, chunk in iter_chunks(rows):
+            chunk = chunk.astype(np.float64)
+            if not np.all(np.isfinite(chunk)):
+                raise DataError(f"'{key}' contains NaN or infinite values (rows from {start})")
+            if key == "x_train":
+                count += int(np.prod([chunk.shape[a] for a in axes]))
+                total = total + chunk.sum(axis=axes)
+                squares = squares + (chunk**2).sum(axis=axes)
+            if key in ("x_train", "x_aux") and len(train.shape) == 2:
+                low = chunk.min(axis=0) if low is None else np.minimum(low, chunk.min(axis=0))
+                high = chunk.max(axis=0) if high is None else np.maximum(high, chunk.max(axis=0))
+    mean64 = total / count
+    std64 = np.sqrt(np.maximum(squares / count - mean64**2, 0.0) * count / max(count - 1, 1))
+    mean = torch.from_numpy(mean64.astype(np.float32))
+    std = torch.from_numpy(np.where(std64 > 0, std64, 1.0).astype(np.float32))
+    if per_channel:
+        shape = (-1, *([1] * (len(train.shape) - 2)))
+        mean, std = mean.view(shape), std.view(shape)
+
+    lazy = {key: StandardisedRows(rows, mean, std) for key, rows in inputs.items()}
+    grid, grid_shape = None, None
+    if len(train.shape) == 2 and train.shape[1] == 2:
+        raw_grid, grid_shape = _grid(low, high, data["grid_resolution"])
+        grid = (torch.from_numpy(raw_grid) - mean) / std
+    split_of = {"x_train": "train", "x_test": "test", "x_aux": "aux"}
+    raw = {split_of.get(k, k.removeprefix("x_")): v.raw() for k, v in lazy.items()}
+    if grid is not None:
+        raw["grid"] = torch.from_numpy(raw_grid)
+    return DataBundle(
+        name="npz",
+        num_classes=num_classes,
+        x_train=lazy["x_train"],
+        y_train=torch.from_numpy(labels["y_train"]),
+        x_test=lazy["x_test"],
+        y_test=torch.from_numpy(labels["y_test"]),
+        x_aux=lazy.get("x_aux"),
+        ood={k.removeprefix("x_ood_"): v for k, v in lazy.items() if k.startswith("x_ood_")},
+        grid=grid,
+        grid_shape=grid_shape,
+        mean=mean,
+        std=std,
+        raw=raw,
     )

@@ -149,12 +149,12 @@ def _roc_curves(
 
 def _save_data(run: RunDir, data: DataBundle) -> None:
     """2-D inputs: the data in raw coordinates, for the data figure and the uncertainty maps."""
-    raw = lambda x: data.to_raw(x).numpy()  # noqa: E731
-    arrays = {"x_train": raw(data.x_train), "y_train": data.y_train.numpy()}
-    if data.x_aux is not None:
-        arrays["x_aux"] = raw(data.x_aux)
-    arrays |= {f"ood_{name}": raw(x) for name, x in data.ood.items()}
-    arrays["grid"] = raw(data.grid)
+    raw = {split: np.asarray(x[:]) for split, x in data.raw_splits().items()}
+    arrays = {"x_train": raw["train"], "y_train": data.y_train.numpy()}
+    if "aux" in raw:
+        arrays["x_aux"] = raw["aux"]
+    arrays |= {f"ood_{name}": raw[f"ood_{name}"] for name in data.ood}
+    arrays["grid"] = raw["grid"]
     arrays["grid_shape"] = np.asarray(data.grid_shape, dtype=np.int64)
     saved.write_arrays(saved.data_path(run), arrays)
 
