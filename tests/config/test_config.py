@@ -107,7 +107,12 @@ def test_documented_defaults():
         "eval_batch_size": 4096,
         "logger": "none",
     }
-    assert config["teacher"] == {"source": "train", "path": None, "members": []}
+    assert config["teacher"] == {
+        "source": "train",
+        "path": None,
+        "members": [],
+        "cache_dtype": "auto",
+    }
 
 
 def test_resolved_configs_are_independent_of_defaults():

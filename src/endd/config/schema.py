@@ -417,6 +417,11 @@ class TeacherConfig(_Section):
     members: list[TeacherMember] = Field(
         default_factory=list, description="source checkpoints: the members, at least 2"
     )
+    cache_dtype: _one_of("auto", "float32", "float16") = Field(  # type: ignore[valid-type]
+        "auto",
+        description="dtype of the teacher cache (teacher/<split>.npy); auto: float16 from 100 "
+        "classes on (the cache is N·M·K numbers), float32 below",
+    )
 
     @model_validator(mode="after")
     def _source_keys(self) -> TeacherConfig:

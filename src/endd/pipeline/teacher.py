@@ -17,10 +17,11 @@ before anything is written to ``teacher/``; ``done.json`` is written last.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,11 +65,12 @@ def prepare_teacher(run: RunDir, config: dict[str, Any], data: DataBundle) -> Te
     splits = data.unlabelled_splits()
     batch_size = config["trainer"]["eval_batch_size"]
     device = inference_device(config["trainer"])
+    dtype = cache_dtype(section["cache_dtype"], data.num_classes)
     if source == "train":  # the ensemble is trained by then: read it when writing
 
         def write_from_ensemble(folder: Path) -> dict[str, list[int]]:
             network = load_model(run.ensemble).network.to(device)
-            return _write_member_logits(folder, [network], splits, batch_size, stacked=True)
+            return _write_member_logits(folder, [network], splits, batch_size, dtype, stacked=True)
 
         return TeacherSource("train", write_from_ensemble)
     if source == "logits":
@@ -77,7 +79,7 @@ def prepare_teacher(run: RunDir, config: dict[str, Any], data: DataBundle) -> Te
 
         def copy(target: Path) -> dict[str, list[int]]:
             for split, array in arrays.items():
-                _copy_float32(array, target / f"{split}.npy")
+                _copy(array, target / f"{split}.npy", dtype)
             return {split: list(a.shape) for split, a in arrays.items()}
 
         return TeacherSource("logits", copy, {"path": str(folder.resolve())})
@@ -88,10 +90,22 @@ def prepare_teacher(run: RunDir, config: dict[str, Any], data: DataBundle) -> Te
     _probe(networks, raw["train"], data.num_classes, "teacher.members")
 
     def run_members(folder: Path) -> dict[str, list[int]]:
-        return _write_member_logits(folder, networks, raw, batch_size, stacked=False)
+        return _write_member_logits(folder, networks, raw, batch_size, dtype, stacked=False)
 
     details = {"members": [m["weights"] for m in section["members"]]}
     return TeacherSource("checkpoints", run_members, details)
+
+
+#: From this many classes on, ``teacher.cache_dtype: auto`` stores float16: the cache is
+#: N·M·K numbers (ImageNet: 1.28 M × 10 × 1000 is 25.6 GB in float16, twice that in float32).
+FLOAT16_FROM_CLASSES = 100
+
+
+def cache_dtype(setting: str, classes: int) -> np.dtype:
+    """The teacher cache's dtype for ``teacher.cache_dtype`` and K classes."""
+    if setting == "auto":
+        setting = "float16" if classes >= FLOAT16_FROM_CLASSES else "float32"
+    return np.dtype(setting)
 
 
 def cache_teacher(
@@ -188,14 +202,10 @@ def _checked_logits(path: Path, split: str, rows: int, classes: int) -> np.ndarr
     return array
 
 
-def _copy_float32(array: np.ndarray, path: Path) -> None:
-    """Write ``array`` [N, M, K] as float32 ``.npy`` chunk by chunk, atomically."""
-    with artifacts.atomic_path(path) as temporary:
-        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=array.shape)
-        for start in range(0, len(array), _CHUNK_ROWS):
-            out[start : start + _CHUNK_ROWS] = array[start : start + _CHUNK_ROWS]
-        out.flush()
-        del out
+def _copy(array: np.ndarray, path: Path, dtype: np.dtype) -> None:
+    """Write ``array`` [N, M, K] as ``dtype`` chunk by chunk, atomically."""
+    chunks = (array[start : start + _CHUNK_ROWS] for start in range(0, len(array), _CHUNK_ROWS))
+    artifacts.write_array_chunks(path, array.shape, dtype, chunks)
 
 
 # ---- sources that run networks -----------------------------------------------------------------
@@ -204,10 +214,12 @@ def _write_member_logits(
     networks: Sequence[nn.Module],
     splits: dict[str, Tensor],
     batch_size: int,
+    dtype: np.dtype,
     *,
     stacked: bool,
 ) -> dict[str, list[int]]:
-    """Run ``networks`` over every split and write [N, M, K] per split.
+    """Run ``networks`` over every split and write [N, M, K] per split as ``dtype``, a batch at
+    a time (memory does not grow with N).
 
     Args:
         stacked: one batched ensemble returning [B, M, K]; otherwise one network per member,
@@ -215,12 +227,23 @@ def _write_member_logits(
     """
     shapes = {}
     for split, x in splits.items():
-        if stacked:
-            logits = predict_in_batches(networks[0], x, batch_size)
-        else:
-            logits = torch.stack([predict_in_batches(n, x, batch_size) for n in networks], dim=1)
-        artifacts.write_array(folder / f"{split}.npy", logits.float())
-        shapes[split] = list(logits.shape)
+
+        def batches(x=x) -> Iterator[Tensor]:
+            for start in range(0, len(x), batch_size):
+                chunk = x[start : start + batch_size]
+                if stacked:
+                    yield predict_in_batches(networks[0], chunk, batch_size)
+                else:
+                    yield torch.stack(
+                        [predict_in_batches(n, chunk, batch_size) for n in networks], dim=1
+                    )
+
+        chunks = batches()
+        first = next(chunks)
+        shape = (len(x), *first.shape[1:])
+        path = folder / f"{split}.npy"
+        artifacts.write_array_chunks(path, shape, dtype, itertools.chain([first], chunks))
+        shapes[split] = list(shape)
     return shapes
 
 
@@ -231,7 +254,8 @@ def write_member_logits(
     laid out as ``teacher.source: logits`` reads it."""
     raw = data.raw_splits()
     _probe(list(members), raw["train"], data.num_classes, "teacher_members")
-    return _write_member_logits(folder, list(members), raw, batch_size, stacked=False)
+    dtype = np.dtype(np.float32)  # a folder for teacher.source logits: the run picks its own
+    return _write_member_logits(folder, list(members), raw, batch_size, dtype, stacked=False)
 
 
 @torch.no_grad()

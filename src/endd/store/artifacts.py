@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,35 @@ def write_array(path: str | Path, array: np.ndarray | torch.Tensor) -> None:
     def writer(p: Path) -> None:
         with open(p, "wb") as handle:
             np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+    _write_with(path, writer)
+
+
+def write_array_chunks(
+    path: str | Path,
+    shape: tuple[int, ...],
+    dtype: np.dtype | type,
+    chunks: Iterable[np.ndarray | torch.Tensor],
+) -> None:
+    """A ``.npy`` of ``shape`` written from consecutive row chunks, so the whole array never has
+    to be in memory; atomic like every artifact. The chunks must add up to ``shape[0]`` rows."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+
+    def writer(p: Path) -> None:
+        rows = 0
+        with open(p, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            for chunk in chunks:
+                if isinstance(chunk, torch.Tensor):
+                    chunk = chunk.detach().cpu().numpy()
+                chunk = np.ascontiguousarray(chunk, dtype=dtype)
+                if chunk.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"chunk of shape {chunk.shape} for an array {shape}")
+                handle.write(chunk.tobytes())
+                rows += len(chunk)
+        if rows != shape[0]:
+            raise ValueError(f"{rows} rows written for an array of {shape[0]}")
 
     _write_with(path, writer)
 
