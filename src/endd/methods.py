@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from endd.errors import did_you_mean
-from endd.losses import end_loss, endd_loss, proxy_loss
+from endd.losses import end_loss, endd_loss, endd_loss_from_mean_log_probs, proxy_loss
 from endd.models.kinds import ModelKind, get_kind
 from endd.schedules import TemperatureSchedule
 
@@ -50,6 +50,12 @@ class StudentMethod:
             ``students.end_temperature`` (Hinton-style distillation).
         loss_options: more loss keyword arguments from the ``students`` config section, beyond
             the shared ones (``smoothing`` reaches every loss that takes it).
+        statistic_loss: for a loss that needs the teacher only through its statistic
+            mean_m ln π_mc (``endd.losses.mean_teacher_log_probs`` with the loss's ``smoothing``),
+            the same loss taking that statistic [B, K] in place of the logits:
+            ``statistic_loss(student_logits, mean_log_probs, *, temperature, ...)``, equal to
+            :attr:`loss`. With a cached teacher the statistic is then computed once per held
+            temperature (:class:`endd.engine.StudentModule`); None: the logits every step.
     """
 
     name: str
@@ -59,6 +65,7 @@ class StudentMethod:
     needs_aux: bool = False
     temperature: Literal["annealed", "fixed"] = "annealed"
     loss_options: Callable[[Mapping[str, Any]], dict[str, Any]] = field(default=_no_options)
+    statistic_loss: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         get_kind(self.kind)
@@ -114,9 +121,18 @@ def get_method(name: str) -> StudentMethod:
 
 for _method in (
     StudentMethod("end", "EnD", end_loss, "categorical", temperature="fixed"),
-    StudentMethod("endd", "EnD²", endd_loss, "dirichlet"),
+    StudentMethod(
+        "endd", "EnD²", endd_loss, "dirichlet", statistic_loss=endd_loss_from_mean_log_probs
+    ),
     StudentMethod("end_aux", "EnD+AUX", end_loss, "categorical", True, temperature="fixed"),
-    StudentMethod("endd_aux", "EnD²+AUX", endd_loss, "dirichlet", True),
+    StudentMethod(
+        "endd_aux",
+        "EnD²+AUX",
+        endd_loss,
+        "dirichlet",
+        True,
+        statistic_loss=endd_loss_from_mean_log_probs,
+    ),
     StudentMethod("proxy", "Proxy-EnD²", proxy_loss, "proxy_dirichlet"),
 ):
     register_method(_method)

@@ -2,7 +2,9 @@
 
 Every loss takes ``student_logits`` [B, K] and ``teacher_logits`` [B, M, K] (member logits or
 log-probabilities) and returns a scalar, the mean over the batch. ``get_loss(name)`` maps the
-config names "end", "endd" and "proxy" to them.
+config names "end", "endd" and "proxy" to them. EnD² also takes the teacher as its statistic
+mean_m ln π_mc (``endd_loss_from_mean_log_probs``); ``teacher_statistic_table`` computes that for
+a whole dataset once per temperature, ``statistic_at`` looks rows up (see ``losses.statistic``).
 
 References:
     Malinin, Mlodozeniec & Gales, "Ensemble Distribution Distillation", ICLR 2020.
@@ -24,6 +26,12 @@ from endd.losses.proxy import (
     proxy_dirichlet_target,
     proxy_loss,
 )
+from endd.losses.statistic import (
+    statistic_at,
+    statistic_rows,
+    table_is_exact_for,
+    teacher_statistic_table,
+)
 
 __all__ = [
     "DEFAULT_MAX_PRECISION",
@@ -36,6 +44,10 @@ __all__ = [
     "mean_teacher_log_probs",
     "proxy_dirichlet_target",
     "proxy_loss",
+    "statistic_at",
+    "statistic_rows",
+    "table_is_exact_for",
+    "teacher_statistic_table",
 ]
 
 LossFunction = Callable[..., torch.Tensor]

@@ -35,6 +35,12 @@ _SMALL_CLASS_AXIS = 32
 # chunks beat L2-sized ones (B=512, M=10, K=1000, best of 7: 5.4–5.7 ms at 4 MiB, 6.1–6.3 ms at
 # 1 MiB, 8.4–9.2 ms unchunked).
 _CPU_CHUNK_ELEMENTS = 1 << 20
+# A statistic computed on a CPU tensor of a multiple of this many rows, unchunked and with no
+# kernel split over threads, is the same row for row whichever rows share the tensor (see
+# ``statistic_is_row_independent``).
+_ROW_QUANTUM = 32
+# torch splits a CPU kernel over threads only above this many elements (at::internal::GRAIN_SIZE).
+_TORCH_GRAIN_SIZE = 32768
 _LOG2_E = 1.0 / math.log(2.0)
 _LN_2 = math.log(2.0)
 # Largest |log2| the teacher statistic lets a value or a product of values reach: inside the
@@ -305,19 +311,56 @@ def reduce_teacher_in_chunks(reduce: Callable, teacher_logits: torch.Tensor):
     batch spans several chunks; otherwise calls ``reduce`` once.
     """
     batch_size, num_members, num_classes = teacher_logits.shape
-    rows_per_chunk = max(1, _CPU_CHUNK_ELEMENTS // max(1, num_members * num_classes))
-    if (
-        teacher_logits.requires_grad
-        or teacher_logits.device.type != "cpu"
-        or batch_size <= rows_per_chunk
-    ):
+    chunk = rows_per_chunk(num_members, num_classes)
+    if teacher_logits.requires_grad or teacher_logits.device.type != "cpu" or batch_size <= chunk:
         return reduce(teacher_logits)
-    parts = [
-        reduce(teacher_logits[start : start + rows_per_chunk])
-        for start in range(0, batch_size, rows_per_chunk)
-    ]
+    parts = [reduce(teacher_logits[start : start + chunk]) for start in range(0, batch_size, chunk)]
     if isinstance(parts[0], torch.Tensor):
         return torch.cat(parts)
     return tuple(
         None if column[0] is None else torch.cat(column) for column in zip(*parts, strict=True)
     )
+
+
+def rows_per_chunk(num_members: int, num_classes: int) -> int:
+    """Rows of a [B, M, K] teacher that ``reduce_teacher_in_chunks`` reduces at a time on CPU."""
+    return max(1, _CPU_CHUNK_ELEMENTS // max(1, num_members * num_classes))
+
+
+def statistic_is_row_independent(
+    num_rows: int, num_members: int, num_classes: int, device: torch.device | str
+) -> bool:
+    """Whether ``teacher_statistics`` of a [num_rows, M, K] tensor (through
+    ``reduce_teacher_in_chunks``) gives every row, bit for bit, the value it gets in any other
+    such tensor: then a statistic computed once for a whole dataset equals, row for row, what
+    any batch of this size would compute.
+
+    In general it does not: torch's CPU loops run a vectorised body over 2 × (vector width)
+    elements at a time and finish the remainder with scalar code, whose ``exp2`` differs from
+    the vectorised one in the last bit for ~6 % of inputs, and sums over the member axis add
+    the remainder's columns in another order; the rows that land in a remainder, or at the
+    edge of a thread's share, get different last bits. No remainder and no split exist when
+    (all four):
+
+    - the tensor is on the CPU (other devices: not examined, so False);
+    - ``num_rows`` is a multiple of 32: every pass covers num_rows × (a product of M and K)
+      elements, and no CPU vector is wider than 16 float32 lanes;
+    - it is reduced in one piece (at most ``rows_per_chunk`` rows);
+    - no kernel is split over threads: torch runs one thread, or the tensor has at most
+      32768 elements (torch's grain size for CPU kernels).
+    """
+    if torch.device(device).type != "cpu" or num_rows <= 0 or num_rows % _ROW_QUANTUM:
+        return False
+    if num_rows > rows_per_chunk(num_members, num_classes):
+        return False
+    elements = num_rows * num_members * num_classes
+    return torch.get_num_threads() == 1 or elements <= _TORCH_GRAIN_SIZE
+
+
+def row_independent_chunk(num_members: int, num_classes: int) -> int:
+    """The most rows, a multiple of 32, for which ``statistic_is_row_independent`` holds on the
+    CPU now; 0 if none does (several threads and more than 1024 = 32768 / 32 elements a row)."""
+    limit = rows_per_chunk(num_members, num_classes)
+    if torch.get_num_threads() != 1:
+        limit = min(limit, _TORCH_GRAIN_SIZE // max(1, num_members * num_classes))
+    return limit // _ROW_QUANTUM * _ROW_QUANTUM

@@ -152,13 +152,23 @@ def train_student(
         # the auxiliary set: one epoch passes once over each, in as many steps as the plain
         # students. Each auxiliary input weighs students.aux_weight in the loss (StudentModule).
         extra: tuple[torch.Tensor, ...] | None = None
+        teacher: torch.nn.Module | None = None
+        held: torch.Tensor | None = None  # cached teacher logits, held by the module
         if section["teacher"] == "online":
             tensors: tuple[torch.Tensor, ...] = (data.x_train,)
             extra = (data.x_aux,) if method.needs_aux else None
             teacher = load_model(run.ensemble).network
         else:
-            tensors, teacher = (data.x_train, run.teacher_logits("train")), None
-            extra = (data.x_aux, run.teacher_logits("aux")) if method.needs_aux else None
+            # The module holds the cached logits (training rows, then auxiliary rows) and the
+            # batches carry row indices into them: a loss with a statistic form (EnD²) then
+            # computes its teacher statistic once per held temperature, not every step.
+            held = run.teacher_logits("train")
+            tensors = (data.x_train, torch.arange(len(held)))
+            if method.needs_aux:
+                aux = run.teacher_logits("aux")
+                extra = (data.x_aux, torch.arange(len(held), len(held) + len(aux)))
+                held = torch.cat([held, aux])
+                del aux  # the concatenation is the one copy kept during training
         loader = batch_loader(*tensors, batch_size=section["batch_size"], seed=seed, extra=extra)
         module = StudentModule(
             network,
@@ -169,6 +179,8 @@ def train_student(
             weight_decay=section["weight_decay"],
             augment=_augment(config),
             teacher=teacher,
+            teacher_logits=held,
+            statistic_loss=method.statistic_loss,
             aux_weight=section["aux_weight"],
         )
         _fit_and_save(
