@@ -54,3 +54,35 @@ def test_sigkill_during_distillation_then_resume(tmp_path, workers, tiny_spiral)
 
     subprocess.run(_command(killed, workers, tiny_spiral), check=True, timeout=300)
     assert _metrics_without_timing(killed) == _metrics_without_timing(reference)
+
+
+def test_a_resumed_fit_keeps_every_epochs_record(tmp_path):
+    """The per-epoch checkpoint is saved before the module's own epoch-end hook runs: it must
+    still hold that epoch's loss and temperature (a resumed run once lost one epoch of each)."""
+    import torch
+
+    from endd.engine import StudentModule, batch_loader, fit
+    from endd.losses import endd_loss
+    from endd.schedules import TemperatureSchedule
+
+    generator = torch.Generator().manual_seed(0)
+    x, teacher = torch.randn(64, 2, generator=generator), torch.randn(64, 3, 3, generator=generator)
+
+    def module() -> StudentModule:
+        torch.manual_seed(0)
+        return StudentModule(
+            torch.nn.Linear(2, 3),
+            loss=endd_loss,
+            schedule=TemperatureSchedule(3.0, 1.0, total_steps=16, hold_fraction=0.25),
+        )
+
+    def train(student: StudentModule, epochs: int, folder: str) -> StudentModule:
+        loader = batch_loader(x, teacher, batch_size=16, seed=0)
+        fit(student, loader, epochs=epochs, checkpoint_dir=tmp_path / folder, trainer_config={})
+        return student
+
+    whole = train(module(), 4, "whole")
+    train(module(), 2, "split")  # "killed" after epoch 2: its checkpoint is on disk
+    resumed = train(module(), 4, "split")
+    assert resumed.epoch_losses == whole.epoch_losses and len(whole.epoch_losses) == 4
+    assert resumed.epoch_temperatures == whole.epoch_temperatures

@@ -29,6 +29,7 @@ class _TrainingModule(L.LightningModule):
         self.lr, self.weight_decay, self.augment = lr, weight_decay, augment
         self.epoch_losses: list[float] = []
         self._loss_sum, self._loss_count = 0.0, 0
+        self._closed_epoch = -1
 
     def configure_optimizers(self):
         # The fused Adam kernel halves the step time of small models on the CPU (measured
@@ -48,6 +49,19 @@ class _TrainingModule(L.LightningModule):
         self._loss_sum, self._loss_count = 0.0, 0
 
     def on_train_epoch_end(self) -> None:
+        self.close_epoch()
+
+    def close_epoch(self) -> None:
+        """Record the finished epoch (its mean loss), once per epoch. Lightning runs callbacks'
+        epoch-end hooks, checkpoint callbacks among them, before the module's: a checkpoint
+        saved at an epoch's end closes the epoch first, so a resumed run keeps every finished
+        epoch's record."""
+        if self._closed_epoch == self.current_epoch:
+            return
+        self._closed_epoch = self.current_epoch
+        self._close_epoch()
+
+    def _close_epoch(self) -> None:
         self.epoch_losses.append(self._loss_sum / max(self._loss_count, 1))
         self._show("loss", self.epoch_losses[-1])
 
@@ -59,7 +73,12 @@ class _TrainingModule(L.LightningModule):
         self.epoch_losses = list(state["epoch_losses"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self._epoch_finished():
+            self.close_epoch()
         checkpoint["endd"] = self._checkpoint_state()
+
+    def _epoch_finished(self) -> bool:
+        return bool(self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._restore_state(checkpoint["endd"])
@@ -294,10 +313,10 @@ class StudentModule(_TrainingModule):
             self._table = (temperature, tables[temperature])
         return losses.statistic_rows(self._table[1], rows.to(held.device)).to(device)
 
-    def on_train_epoch_end(self) -> None:
+    def _close_epoch(self) -> None:
         self.epoch_temperatures.append(self.temperature())
         self._show("temperature", self.epoch_temperatures[-1])
-        super().on_train_epoch_end()
+        super()._close_epoch()
 
     def on_fit_start(self) -> None:
         if self._teacher:
