@@ -50,6 +50,7 @@ class _TrainingModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.close_epoch()
+        self._show_epoch()  # here, not in close_epoch: Lightning forbids logging while saving
 
     def close_epoch(self) -> None:
         """Record the finished epoch (its mean loss), once per epoch. Lightning runs callbacks'
@@ -63,6 +64,8 @@ class _TrainingModule(L.LightningModule):
 
     def _close_epoch(self) -> None:
         self.epoch_losses.append(self._loss_sum / max(self._loss_count, 1))
+
+    def _show_epoch(self) -> None:
         self._show("loss", self.epoch_losses[-1])
 
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -315,8 +318,11 @@ class StudentModule(_TrainingModule):
 
     def _close_epoch(self) -> None:
         self.epoch_temperatures.append(self.temperature())
-        self._show("temperature", self.epoch_temperatures[-1])
         super()._close_epoch()
+
+    def _show_epoch(self) -> None:
+        self._show("temperature", self.epoch_temperatures[-1])
+        super()._show_epoch()
 
     def on_fit_start(self) -> None:
         if self._teacher:
