@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from _machine import cpu_name
 from endd.losses import (
     end_loss,
     endd_loss,
@@ -40,17 +41,6 @@ from endd.losses import (
 )
 from endd.losses._ops import digamma
 from endd.models.allocator import keep_freed_memory
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _time_per_call(step: Callable[[], None], calls: int) -> float:
@@ -178,7 +168,7 @@ def main() -> None:
         raise SystemExit("--keep-freed-memory needs Linux with glibc")
 
     load_before = os.getloadavg()
-    print(f"machine: {platform.platform()}; CPU: {_cpu_name()}; {os.cpu_count()} logical cores")
+    print(f"machine: {platform.platform()}; CPU: {cpu_name()}; {os.cpu_count()} logical cores")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32; "
         f"B={args.batch}, M={args.members}, T={args.temperature}, ε={args.smoothing}; "

@@ -41,6 +41,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from _machine import cpu_name
 from endd.losses import (
     end_loss,
     endd_loss,
@@ -51,17 +52,6 @@ from endd.losses import (
 
 BASELINE = "cross-entropy (baseline)"
 MIB = 1024.0 * 1024.0
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class LargestTensor(TorchDispatchMode):
@@ -236,7 +226,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     load_before = os.getloadavg()
-    print(f"machine: {platform.platform()}; CPU: {_cpu_name()}; {os.cpu_count()} logical cores")
+    print(f"machine: {platform.platform()}; CPU: {cpu_name()}; {os.cpu_count()} logical cores")
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}")
     peak_source = (

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _machine import cpu_name
 from endd.store.artifacts import write_array_chunks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "spiral.yaml"
@@ -107,15 +107,7 @@ def main() -> None:
             seconds, peak = run(folder, work / f"run_{rows}")
             results.append((label, rows, size, peak, seconds))
             shutil.rmtree(folder)
-        cpu = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}")
+        print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}")
         print(
             f"run: 3 MLP members (hidden 32), 1 epoch each stage, {args.features} float32 features"
         )

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _machine import cpu_name
 from endd.deploy.export import _quiet_exporters
 from endd.deploy.graph import digamma, graph_outputs, measures_from_logits
 from endd.models.kinds import outputs_from_logits
@@ -157,24 +158,13 @@ def digamma_table() -> None:
         print(f"| {title} | {difference.max():.1e} | {mixed.max():.1e} |")
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--digamma", action="store_true", help="also the digamma table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
-        f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} "
+        f"machine: {cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}",
         end="",
     )
