@@ -208,6 +208,10 @@ def _dispatch(args: argparse.Namespace) -> None:
     from endd.store import RunDir
 
     if args.command in ("demo", "run"):
+        out = Path(args.out)
+        blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise EnddError(f"--out {out}: {blocked} is a file; give a folder for the run")
         path = builtin_config("spiral") if args.command == "demo" else args.config
         config = resolve_config(load_yaml(path), args.overrides)
         _tune_allocator(config)
@@ -255,6 +259,12 @@ def _tune_allocator(config: dict) -> None:
         keep_freed_memory()
 
 
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.strerror}: {error.filename}"
+    return " ".join(str(error).split())
+
+
 def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     """The ``endd`` logger's messages to stderr, once per process: INFO by default, WARNING
     with ``--quiet``, DEBUG with ``--verbose``. The library itself only logs."""
@@ -277,10 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(getattr(args, "quiet", False), verbose)
     try:
         _dispatch(args)
-    except (EnddError, ValueError, FileNotFoundError) as err:
+    except (EnddError, ValueError, OSError) as err:
+        # OSError: a path that is a file where a folder is wanted, no permission, a full disk:
+        # the user's environment, said in one line (-v shows the traceback)
         if verbose:
             raise
-        print(f"endd: error: {err}", file=sys.stderr)
+        print(f"endd: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("endd: interrupted; rerun the same command to resume", file=sys.stderr)

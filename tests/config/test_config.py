@@ -47,7 +47,7 @@ OLD_FLAT_DATA = {
 def endd_log(caplog, monkeypatch):
     """Records of the ``endd`` logger, even after the CLI stopped it propagating."""
     monkeypatch.setattr(logging.getLogger("endd"), "propagate", True)
-    caplog.set_level(logging.WARNING, logger="endd")
+    caplog.set_level(logging.INFO, logger="endd")
     return caplog
 
 

@@ -383,7 +383,9 @@ def resolve_config(
         _upgrade_run_dir_data(tree)
     config = validate_config(tree).model_dump()
     if notice:  # only for a valid config: otherwise the error is all there is to say
-        log.warning("%s", notice)
+        # INFO, not a warning: the switch is asked for; -q keeps a later error's stderr to
+        # its one line
+        log.info("%s", notice)
     return config
 
 

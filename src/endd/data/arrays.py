@@ -5,16 +5,32 @@ than memory; see :mod:`endd.data.ondisk`)."""
 
 from __future__ import annotations
 
+import lzma
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from endd.data.bundle import DataBundle, standardised_bundle
+from endd.data.ondisk import READ_ERRORS
 from endd.errors import DataError, did_you_mean
 
+#: What zipfile raises on a damaged archive besides OSError/ValueError: a bad directory, a
+#: damaged deflate/LZMA stream, flags it does not support (encrypted, patched), bad fields.
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    OverflowError,
+)
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_MAX_CLASSES = 2**31  # labels at or above this are not class indices (and overflow int64 casts)
 
 
 def _labels(name: str, y: np.ndarray, n: int) -> np.ndarray:
@@ -31,17 +47,27 @@ def _labels(name: str, y: np.ndarray, n: int) -> np.ndarray:
             )
     if len(y) and y.min() < 0:
         raise DataError(f"'{name}' holds negative labels; labels must be 0..K-1")
+    if len(y) and y.max() >= _MAX_CLASSES:
+        raise DataError(
+            f"'{name}' holds label {y.max()}; labels must be class indices 0..K-1 "
+            f"(K < {_MAX_CLASSES})"
+        )
     return y.astype(np.int64)
 
 
 def _inputs(name: str, x: np.ndarray) -> np.ndarray:
     if x.ndim < 2:
         raise DataError(f"'{name}' must be [N, features...], got shape {x.shape}")
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise DataError(f"'{name}' must be numeric, got dtype {x.dtype}")
-    x = x.astype(np.float32)
+    if x.dtype.kind not in "biuf":  # complex numbers would lose their imaginary part
+        raise DataError(f"'{name}' must hold real numbers (int or float), got dtype {x.dtype}")
+    if len(x) == 0:
+        raise DataError(f"'{name}' holds no inputs (shape {x.shape}); leave it out or fill it")
+    with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: inf, refused
+        x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
-        raise DataError(f"'{name}' contains NaN or infinite values")
+        raise DataError(
+            f"'{name}' contains NaN or infinite values (or values too large for float32)"
+        )
     return x
 
 
@@ -55,11 +81,7 @@ def load_npz(data: dict, seed: int) -> DataBundle:
         return load_npy_folder(data, path)
     if not path.is_file():
         raise DataError(f"npz file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(f"cannot read {path} as an .npz file: {err}") from None
+    arrays = _read_npz(path)
     missing = [key for key in REQUIRED_KEYS if key not in arrays]
     if missing:
         raise DataError(f"{path} lacks the array(s) {', '.join(missing)}")
@@ -98,6 +120,41 @@ def load_npz(data: dict, seed: int) -> DataBundle:
     )
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``, or a one-line DataError naming it."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {_why(err)}") from None
+    if magic[:2] != b"PK":
+        what = "a .npy file" if magic == b"\x93NUM" else "not a zip archive"
+        raise DataError(
+            f"cannot read {path} as an .npz file ({what}); save the arrays with "
+            "numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
+    try:  # our own handle: numpy leaks the one it opens when the zip directory is damaged
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (*READ_ERRORS, *ZIP_ERRORS) as err:
+        raise DataError(f"cannot read {path} as an .npz file ({_why(err)})") from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # numpy hands back members it cannot parse as bytes
+            raise DataError(
+                f"cannot read {path} as an .npz file: its member '{key}' is not a .npy array; "
+                "save the arrays with numpy.savez"
+            )
+    return arrays
+
+
+def _why(error: BaseException) -> str:
+    """An exception as one short line, without what cannot help the user."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if "allow_pickle" in text or "Object arrays" in text:
+        return "it holds Python objects; pickled data is never loaded"
+    return text[:300]
+
+
 def _refuse_unexpected(where: Path, keys, suffix: str) -> None:
     """Only the documented array names: a typo (``x_tset``) is an error, not a silent skip."""
     allowed = (*REQUIRED_KEYS, "x_aux")
@@ -115,9 +172,15 @@ def _num_classes(y_train: np.ndarray, y_test: np.ndarray) -> int:
     num_classes = int(y_train.max()) + 1 if len(y_train) else 0
     present = np.unique(y_train)
     if num_classes < 2 or len(present) != num_classes:
-        absent = sorted(set(range(num_classes)) - set(present.tolist()))
+        used, absent = set(present.tolist()), []
+        for label in range(num_classes):  # stops after ≤ len(present) + 10 labels
+            if label not in used:
+                absent.append(label)
+                if len(absent) == 10:
+                    break
+        listed = ", ".join(map(str, absent)) + (", ..." if len(absent) == 10 else "")
         raise DataError(
-            f"y_train must use every label 0..K-1 with K ≥ 2; labels {absent} never occur"
+            f"y_train must use every label 0..K-1 with K ≥ 2; labels [{listed}] never occur"
             if absent
             else "y_train must contain at least two classes"
         )
@@ -163,12 +226,22 @@ def load_npy_folder(data: dict, folder: Path) -> DataBundle:
             raise DataError(
                 f"'{key}' has feature shape {rows.shape[1:]}, x_train has {train.shape[1:]}"
             )
+        if len(rows) == 0:
+            raise DataError(
+                f"'{key}' ({rows.path}) holds no inputs (shape {rows.shape}); leave it out or "
+                "fill it"
+            )
     labels = {}
     for key, x_key in (("y_train", "x_train"), ("y_test", "x_test")):
         try:
             y = np.load(files[key], allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read {files[key]} as a .npy array: {err}") from None
+        except READ_ERRORS as err:
+            raise DataError(f"cannot read {files[key]} as a .npy array ({_why(err)})") from None
+        if not isinstance(y, np.ndarray):  # a zip: np.load opened it as an .npz archive
+            y.close()
+            raise DataError(
+                f"{files[key]} is not a .npy array (a zip archive); save it with numpy.save"
+            )
         labels[key] = _labels(key, y, len(inputs[x_key]))
     num_classes = _num_classes(labels["y_train"], labels["y_test"])
 
@@ -179,9 +252,14 @@ def load_npy_folder(data: dict, folder: Path) -> DataBundle:
     low = high = None
     for key, rows in inputs.items():
         for start, chunk in iter_chunks(rows):
+            with np.errstate(over="ignore", invalid="ignore"):  # as the batches will be read
+                finite = np.isfinite(chunk.astype(np.float32))
+            if not np.all(finite):
+                raise DataError(
+                    f"'{key}' contains NaN or infinite values, or values too large for float32 "
+                    f"(first in rows {start}..{start + len(chunk) - 1})"
+                )
             chunk = chunk.astype(np.float64)
-            if not np.all(np.isfinite(chunk)):
-                raise DataError(f"'{key}' contains NaN or infinite values (rows from {start})")
             if key == "x_train":
                 count += int(np.prod([chunk.shape[a] for a in axes]))
                 total = total + chunk.sum(axis=axes)

@@ -344,9 +344,14 @@ def download(
     target = root / source.folder
     if target.exists() and not force:
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    # Staging inside root keeps the final os.replace on one file system (atomic).
-    staging = Path(tempfile.mkdtemp(prefix=f".endd-download-{source.name}-", dir=root))
+    if root.exists() and not root.is_dir():
+        raise DownloadError(f"data root {root} is a file, not a folder; give a folder for the data")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # Staging inside root keeps the final os.replace on one file system (atomic).
+        staging = Path(tempfile.mkdtemp(prefix=f".endd-download-{source.name}-", dir=root))
+    except OSError as err:
+        raise DownloadError(f"cannot create {root}: {err.strerror or err}") from None
     try:
         unpacked = staging / "unpacked"
         plain = unpacked / source.folder  # where files that are not archives go

@@ -11,9 +11,11 @@ puts the standardisation on top, per batch, and behaves like the float32 tensor
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 import torch
@@ -21,7 +23,12 @@ from torch import Tensor
 
 from endd.errors import DataError
 
-__all__ = ["NpyRows", "StandardisedRows", "iter_chunks"]
+__all__ = ["READ_ERRORS", "NpyRows", "StandardisedRows", "iter_chunks"]
+
+#: What numpy raises on a damaged ``.npy`` file or header: a short file (EOFError), a bad magic
+#: string or dtype (ValueError), an unparsable header dict (SyntaxError, and tokenize's
+#: TokenError, which numpy lets through), an unreadable file (OSError).
+READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, TokenError)
 
 
 class NpyRows:
@@ -46,8 +53,8 @@ class NpyRows:
                 shape, fortran, dtype = header
                 self.offset = handle.tell()
             size = self.path.stat().st_size
-        except (OSError, ValueError) as error:
-            detail = " ".join(str(error).split())
+        except READ_ERRORS as error:
+            detail = " ".join(str(error).split())[:300] or type(error).__name__
             raise DataError(f"cannot read {self.path} as a .npy array ({detail})") from None
         if dtype.hasobject or fortran or len(shape) == 0:
             raise DataError(
@@ -56,7 +63,7 @@ class NpyRows:
             )
         self.shape: tuple[int, ...] = tuple(shape)
         self.dtype = dtype
-        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self.row_bytes = math.prod(shape[1:]) * dtype.itemsize  # Python ints: no overflow
         expected = self.offset + self.row_bytes * shape[0]
         if size < expected:
             raise DataError(

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from endd.data.arrays import ZIP_ERRORS
+from endd.data.ondisk import READ_ERRORS
 from endd.errors import DataError
 
 __all__ = ["InputSource", "open_input"]
@@ -94,7 +96,7 @@ def _open_npy(path: Path, expected: tuple[int, ...]) -> InputSource:
             if handle.read(6) != b"\x93NUMPY":
                 raise DataError(f"cannot read {path}: not a .npy file")
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
+    except READ_ERRORS as error:
         if isinstance(error, DataError):
             raise
         raise DataError(f"cannot read {path} as a .npy array ({_why(error)})") from None
@@ -111,7 +113,7 @@ def _open_npz(path: Path, expected: tuple[int, ...]) -> InputSource:
             if member in names:
                 with archive.open(member) as stream:
                     shape, fortran, dtype = _read_npy_header(stream)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except (*READ_ERRORS, *ZIP_ERRORS) as error:
         raise DataError(f"cannot read {path} as an .npz archive ({_why(error)})") from None
     if member not in names:
         keys = sorted(n.removesuffix(".npy") for n in names)

@@ -17,6 +17,7 @@ from endd.data.images.common import (
     check_split,
     locate,
     not_found,
+    read_text,
 )
 
 CIFAR_SPLITS = ("train", "test")
@@ -49,7 +50,10 @@ def read_cifar_binary(
         CorruptDatasetError: the size is not a whole number of records, or a label is out of range.
     """
     path = Path(path)
-    raw = np.fromfile(path, dtype=np.uint8)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise CorruptDatasetError(f"cannot read {path}: {err.strerror or err}") from None
     record = label_bytes + PIXELS_PER_IMAGE
     if raw.size == 0 or raw.size % record:
         raise CorruptDatasetError(
@@ -118,6 +122,6 @@ def load_cifar100(root: str | Path, split: str = "train", *, labels: str = "fine
     names_file = directory / f"{labels}_label_names.txt"
     class_names = None
     if names_file.is_file():
-        class_names = tuple(line.strip() for line in names_file.read_text().splitlines())
+        class_names = tuple(line.strip() for line in read_text(names_file).splitlines())
         class_names = tuple(n for n in class_names if n) or None
     return ImageArrays(arrays.images, arrays.labels, class_names)

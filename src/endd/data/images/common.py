@@ -50,6 +50,19 @@ class ImageArrays:
         return len(self.images)
 
 
+def read_text(path: Path) -> str:
+    """A dataset's text file (class names, annotations) as UTF-8, or a one-line
+    :class:`CorruptDatasetError` naming it (not a file, unreadable, not UTF-8 text)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CorruptDatasetError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); damaged download?"
+        ) from None
+    except OSError as err:
+        raise CorruptDatasetError(f"cannot read {path}: {err.strerror or err}") from None
+
+
 def not_found(
     title: str, download_name: str | None, root: Path, folder: str, expected: Sequence[str]
 ) -> DatasetNotFoundError:

@@ -6,6 +6,7 @@ JPEG and PNG are decoded with Pillow; every image is converted to grey or RGB an
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from endd.data.images.common import (
     check_split,
     locate,
     not_found,
+    read_text,
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".webp")
@@ -67,13 +69,21 @@ def read_image(
     image_module = _pillow()
     target = _size_pair(size)
     try:
-        with image_module.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if target is not None and image.size != (target[1], target[0]):
-                image = image.resize((target[1], target[0]), image_module.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as err:  # Pillow's errors for undecodable files
+        with warnings.catch_warnings():
+            # a header promising 89-179 M pixels warns (a second line on the CLI's stderr);
+            # read it, as Pillow would; above that it raises DecompressionBombError, refused below
+            warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+            with image_module.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB")
+                if target is not None and image.size != (target[1], target[0]):
+                    image = image.resize((target[1], target[0]), image_module.Resampling.BILINEAR)
+                pixels = np.asarray(image, dtype=np.uint8)
+    except image_module.DecompressionBombError as err:
         raise CorruptDatasetError(f"cannot decode image {path}: {err}") from None
+    except Exception as err:  # a damaged file makes Pillow's decoders raise
+        # OSError, SyntaxError, ValueError, but also struct.error, IndexError, TypeError...
+        detail = " ".join(str(err).split())[:200] or type(err).__name__
+        raise CorruptDatasetError(f"cannot decode image {path}: {detail}") from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
@@ -206,8 +216,11 @@ def load_tinyimagenet(
         raise not_found(
             "TinyImageNet", "tinyimagenet", Path(root), TINYIMAGENET_FOLDER, ["wnids.txt"]
         )
-    wnids = sorted({line.strip() for line in (directory / "wnids.txt").read_text().splitlines()})
+    wnids_file = directory / "wnids.txt"
+    wnids = sorted({line.strip() for line in read_text(wnids_file).splitlines()})
     wnids = [w for w in wnids if w]
+    if not wnids:
+        raise CorruptDatasetError(f"{wnids_file} lists no class ids (wnids), one per line")
     index = {wnid: i for i, wnid in enumerate(wnids)}
     if split == "train":
         files, labels = [], []
@@ -226,7 +239,7 @@ def load_tinyimagenet(
                 ["val/val_annotations.txt"],
             )
         files, labels = [], []
-        for number, line in enumerate(annotations.read_text().splitlines(), start=1):
+        for number, line in enumerate(read_text(annotations).splitlines(), start=1):
             if not line.strip():
                 continue
             fields = line.split("\t")

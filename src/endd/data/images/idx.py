@@ -7,6 +7,7 @@ number of dimensions D, then D big-endian uint32 sizes, then the values in row-m
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if ndim == 0 or len(raw) < header_size:
         raise CorruptDatasetError(f"{path} has a truncated IDX header ({ndim} dimensions)")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if len(raw) - header_size != expected:
         raise CorruptDatasetError(
             f"{path} holds {len(raw) - header_size} data bytes but its header {shape} promises "

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,57 @@ from endd.data.images.common import (
 SVHN_SPLITS = ("train", "test", "extra")
 SVHN_FOLDER = "svhn"
 SVHN_CLASSES = tuple(str(d) for d in range(10))
+
+
+_MI_MATRIX, _MI_COMPRESSED, _MI_UINT32 = 14, 15, 6
+_COMPLEX_FLAG = 0x0800
+
+
+def _check_mat_structure(path: Path) -> None:
+    """Walk the top-level variables of a MATLAB 5 file before scipy reads it.
+
+    scipy's reader trusts a variable's header: a real array flagged complex (one flipped bit)
+    makes it read past its buffer and crash the process (scipy 1.17, segmentation fault). SVHN's
+    ``X`` and ``y`` are real, so any complex flag, and any variable running past the end of the
+    file, is refused here. Other layouts (v4, v7.3) are left to scipy.
+
+    Raises:
+        CorruptDatasetError: the file is damaged in one of those ways.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            header = handle.read(128)
+            if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+                return  # not MATLAB 5: scipy refuses it with an exception, not a crash
+            endian = "<" if header[126:128] == b"IM" else ">"
+            position = 128
+            while position + 8 <= size:
+                handle.seek(position)
+                kind, length = struct.unpack(f"{endian}II", handle.read(8))
+                if kind >> 16:  # a small data element: 4 bytes of data in the tag itself
+                    position += 8
+                    continue
+                if position + 8 + length > size:
+                    raise CorruptDatasetError(
+                        f"{path}: the variable at byte {position} claims {length} bytes, past "
+                        f"the end of the file ({size} bytes; truncated download?)"
+                    )
+                head = handle.read(min(length, 256))
+                if kind == _MI_COMPRESSED:
+                    head = zlib.decompressobj().decompress(head, 64)
+                    kind, head = (struct.unpack(f"{endian}I", head[:4])[0], head[8:])
+                if kind == _MI_MATRIX and len(head) >= 12:
+                    flag_kind, flag_length = struct.unpack(f"{endian}II", head[:8])
+                    flags = struct.unpack(f"{endian}I", head[8:12])[0]
+                    if flag_kind != _MI_UINT32 or flag_length != 8 or flags & _COMPLEX_FLAG:
+                        raise CorruptDatasetError(
+                            f"{path}: the variable at byte {position} has a damaged header "
+                            "(array flags); SVHN's X and y are real arrays"
+                        )
+                position += 8 + (length if kind == _MI_COMPRESSED else -(-length // 8) * 8)
+    except (OSError, struct.error, zlib.error) as err:
+        raise CorruptDatasetError(f"{path} is not a readable .mat file: {err}") from None
 
 
 def load_svhn(root: str | Path, split: str = "train") -> ImageArrays:
@@ -45,6 +98,7 @@ def load_svhn(root: str | Path, split: str = "train") -> ImageArrays:
     if directory is None:
         raise not_found("SVHN", "svhn", Path(root), SVHN_FOLDER, [name])
     path = directory / name
+    _check_mat_structure(path)
     try:
         contents = scipy.io.loadmat(path, variable_names=("X", "y"))
     except Exception as err:  # scipy raises ValueError, TypeError, OSError... on damaged files
