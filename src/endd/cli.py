@@ -204,6 +204,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         _config_command(args)
         return
     from endd.config import load_yaml, resolve_config
+    from endd.pipeline.distributed import is_rank_zero
     from endd.pipeline.run import run_stages
     from endd.store import RunDir
 
@@ -216,7 +217,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         config = resolve_config(load_yaml(path), args.overrides)
         _tune_allocator(config)
         run = run_stages(args.out, config=config)
-        if not args.quiet:
+        if not args.quiet and is_rank_zero(config["trainer"]):
             print(f"report: {run.report}")
     elif args.command in ("ensemble", "distill", "evaluate", "report"):
         if not Path(args.run_dir).is_dir():

@@ -101,6 +101,7 @@ def test_documented_defaults():
     assert config["trainer"] == {
         "accelerator": "cpu",
         "devices": 1,
+        "num_nodes": 1,
         "precision": "32-true",
         "num_threads": None,
         "workers": None,

@@ -451,7 +451,14 @@ class TeacherConfig(_Section):
 
 class TrainerConfig(_Section):
     accelerator: _one_of(*ACCELERATORS) = "cpu"  # type: ignore[valid-type]
-    devices: Devices = 1
+    devices: Devices = Field(
+        1,
+        description="devices (processes) per node; above 1, every training stage runs under "
+        "Lightning DDP (gloo on the CPU), see docs/distributed.md",
+    )
+    num_nodes: PositiveInt = Field(
+        1, description="nodes of `devices` processes each (launch with torchrun or SLURM srun)"
+    )
     precision: _one_of(*PRECISIONS) = Field(  # type: ignore[valid-type]
         "32-true", description="Lightning's precision"
     )

@@ -57,6 +57,14 @@ class EpochSeededBatchSampler(Sampler[list[Tensor]]):
     The first group sets the number of batches (``ceil(size / batch_size)``); every other group
     is split evenly across those batches. Lightning calls :meth:`set_epoch` at the start of every
     epoch (also after a resume).
+
+    Under data-parallel training (:meth:`shard`), every rank draws the same batches and takes
+    its own contiguous slice of each: rank ``r`` of ``n`` takes rows ``[r·b/n, (r+1)·b/n)`` of
+    a batch of ``b`` (of every group). ``batch_size`` stays the global batch: each rank takes
+    as many steps as one process would, and DDP's average of the ranks' gradients is the
+    gradient of the whole batch (exactly so, up to rounding, when ``n`` divides every batch's
+    rows). A primary slice is never empty: a batch of fewer than ``n`` rows gives rank ``r``
+    its row ``r mod b``.
     """
 
     def __init__(
@@ -71,9 +79,16 @@ class EpochSeededBatchSampler(Sampler[list[Tensor]]):
             shuffle,
         )
         self.epoch = 0
+        self.rank, self.world = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield only rank ``rank``'s slice of every batch, of ``world`` ranks (0, 1: all)."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not one of {world} ranks")
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return -(-self.sizes[0] // self.batch_size)
@@ -88,12 +103,21 @@ class EpochSeededBatchSampler(Sampler[list[Tensor]]):
                 orders.append(torch.arange(size))
         batches = len(self)
         for b in range(batches):
-            yield [
+            batch = [
                 order[b * len(order) // batches : (b + 1) * len(order) // batches]
                 if g
                 else order[b * self.batch_size : (b + 1) * self.batch_size]
                 for g, order in enumerate(orders)
             ]
+            if self.world > 1:
+                batch = [self._slice(index, primary=not g) for g, index in enumerate(batch)]
+            yield batch
+
+    def _slice(self, index: Tensor, *, primary: bool) -> Tensor:
+        rows, rank, world = len(index), self.rank, self.world
+        if primary and rows < world:
+            return index[rank % rows : rank % rows + 1]
+        return index[rank * rows // world : (rank + 1) * rows // world]
 
 
 def _keep_batch(batch):

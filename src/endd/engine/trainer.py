@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,12 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from endd.engine.batches import EpochSeededBatchSampler
+
 CHECKPOINT_NAME = "last.ckpt"
+#: How long a rank of a multi-process run waits at a collective (a stage-end barrier while
+#: global rank 0 caches the teacher or evaluates) before failing; Lightning's default is 30 min.
+DDP_TIMEOUT = timedelta(hours=2)
 
 
 class AtomicEpochCheckpoint(Callback):
@@ -34,10 +40,72 @@ class AtomicEpochCheckpoint(Callback):
         self.path = Path(directory) / CHECKPOINT_NAME
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if trainer.world_size > 1:
+            _sum_epoch_loss(trainer, pl_module)
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".ckpt.tmp")
+        # Every rank takes part (the checkpoint is gathered collectively); global rank 0 alone
+        # writes the file and renames it, and every rank reads it when a killed run resumes.
         trainer.save_checkpoint(temporary)
-        os.replace(temporary, self.path)
+        if trainer.is_global_zero:
+            os.replace(temporary, self.path)
+
+
+def _sum_epoch_loss(trainer: L.Trainer, module: L.LightningModule) -> None:
+    """Under DDP each rank saw its slice of every batch: add up the epoch's loss sums and row
+    counts over the ranks before the epoch is closed (the checkpoint closes it), so the recorded
+    epoch loss is the mean over all rows, as in one process."""
+    if not hasattr(module, "_loss_sum"):
+        return
+    totals = torch.tensor(
+        [module._loss_sum, module._loss_count], dtype=torch.float64, device=module.device
+    )
+    totals = trainer.strategy.reduce(totals, reduce_op="sum")
+    module._loss_sum, module._loss_count = float(totals[0]), int(totals[1])
+
+
+class _ShardBatches(Callback):
+    """Under DDP, give each rank its slice of every batch (see
+    :meth:`endd.engine.batches.EpochSeededBatchSampler.shard`). Set when the ranks are known:
+    the process that launches the others learns its world only inside ``fit``."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.sampler = getattr(loader, "batch_sampler", None)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not isinstance(self.sampler, EpochSeededBatchSampler):
+            raise TypeError(
+                "training on several devices needs a loader from endd.engine.batch_loader"
+            )
+        self.sampler.shard(trainer.global_rank, trainer.world_size)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if isinstance(self.sampler, EpochSeededBatchSampler):
+            self.sampler.shard(0, 1)
+
+
+def process_count(trainer_config: dict[str, Any]) -> int:
+    """How many processes a ``trainer`` config section asks for: devices × num_nodes
+    (``devices: auto`` counts the CUDA devices when the accelerator may take them, else 1)."""
+    devices = trainer_config.get("devices", 1)
+    if devices == "auto":
+        on_gpu = trainer_config.get("accelerator", "cpu") in ("gpu", "cuda", "auto")
+        devices = torch.cuda.device_count() if on_gpu and torch.cuda.is_available() else 1
+    return max(1, int(devices)) * int(trainer_config.get("num_nodes", 1))
+
+
+def _ddp_strategy(trainer_config: dict[str, Any]) -> dict[str, Any]:
+    """Trainer arguments for several processes: DDP (gloo on the CPU), the batches sharded by
+    endd's own sampler (Lightning's distributed sampler would replace it)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    on_cpu = trainer_config.get("accelerator", "cpu") == "cpu"
+    return dict(
+        strategy=DDPStrategy(process_group_backend="gloo" if on_cpu else None, timeout=DDP_TIMEOUT),
+        num_nodes=int(trainer_config.get("num_nodes", 1)),
+        use_distributed_sampler=False,
+    )
 
 
 _LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
@@ -93,6 +161,10 @@ def fit(
     checkpoint_dir = Path(checkpoint_dir)
     resume = checkpoint_dir / CHECKPOINT_NAME
     callbacks: list[Callback] = [AtomicEpochCheckpoint(checkpoint_dir)]
+    distributed: dict[str, Any] = {}
+    if process_count(trainer_config) > 1:
+        distributed = _ddp_strategy(trainer_config)
+        callbacks.append(_ShardBatches(loader))
     if progress:
         callbacks.append(_DescribedProgressBar(description))
     if progress or logger is not None:
@@ -117,6 +189,7 @@ def fit(
             limit_val_batches=0,
             callbacks=callbacks,
             default_root_dir=str(checkpoint_dir),
+            **distributed,
             **features,
         )
         trainer.fit(

@@ -18,6 +18,7 @@ import torch
 from endd.config import resolve_config
 from endd.data import load_data
 from endd.errors import RunDirError
+from endd.pipeline.distributed import barrier, is_distributed, is_rank_zero, join_process_group
 from endd.pipeline.stages import (
     COMMANDS,
     Stage,
@@ -61,7 +62,11 @@ def run_stages(
         raise ValueError(f"unknown stage command(s) {sorted(unknown)}; choose from {COMMANDS}")
     selected = set(commands)
     context = StageContext(run, config, default_progress() if progress is None else progress)
-    with torch_threads(config["trainer"]["num_threads"]):
+    trainer = config["trainer"]
+    # Several processes (trainer.devices × num_nodes > 1): a rank that torchrun, SLURM or
+    # Lightning's launcher started joins the process group now; see pipeline/distributed.py.
+    together = join_process_group(trainer)
+    with torch_threads(trainer["num_threads"]):
         # Which students the data can train decides the plan; the report alone needs no data.
         students = trainable_students(config, context.data) if selected - {"report"} else []
         everything = plan(config, students)
@@ -75,14 +80,17 @@ def run_stages(
         for stage in pending:
             if stage.check is not None:
                 stage.check(context)
-        if new_config is not None:
+        if together:  # every rank has decided what it runs before anything is written
+            barrier(trainer)
+        if new_config is not None and is_rank_zero(trainer):
             run.root.mkdir(parents=True, exist_ok=True)
             run.write_config(new_config)
         index = 0
         while index < len(stages):
             stage = stages[index]
             if stage not in pending:
-                log.info("[%s] already done, skipped", stage.name)
+                if is_rank_zero(trainer):
+                    log.info("[%s] already done, skipped", stage.name)
                 index += 1
                 continue
             group = [stage]
@@ -91,14 +99,25 @@ def run_stages(
                 if not (following.parallel and following in pending):
                     break
                 group.append(following)
-            begin = time.perf_counter()
-            if len(group) > 1:
+            if len(group) > 1 and not is_distributed(trainer):
                 _run_in_processes(context, group)
             else:
-                stage.run(context)
-                log.info("[%s] done (%.1f s)", stage.name, time.perf_counter() - begin)
+                for one in group:
+                    _run_stage(context, one)
             index += len(group)
     return run
+
+
+def _run_stage(context: StageContext, stage: Stage) -> None:
+    """Run one stage here. With several processes a training stage runs on every rank (DDP),
+    any other on global rank 0 alone; every rank then waits for the others."""
+    trainer = context.config["trainer"]
+    begin = time.perf_counter()
+    if stage.trains or is_rank_zero(trainer):
+        stage.run(context)
+    barrier(trainer)
+    if is_rank_zero(trainer):
+        log.info("[%s] done (%.1f s)", stage.name, time.perf_counter() - begin)
 
 
 def _check_inputs(run: RunDir, everything: list[Stage], pending: list[Stage]) -> None:
@@ -147,9 +166,7 @@ def _run_in_processes(context: StageContext, group: list[Stage]) -> None:
     workers = distill_workers(context.config, len(group))
     if workers <= 1:
         for stage in group:
-            begin = time.perf_counter()
-            stage.run(context)
-            log.info("[%s] done (%.1f s)", stage.name, time.perf_counter() - begin)
+            _run_stage(context, stage)
         return
     names = [s.name.removeprefix(STUDENT_PREFIX) for s in group]
     log.info("[distill] %s in %d processes", ", ".join(names), workers)

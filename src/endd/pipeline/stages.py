@@ -65,6 +65,8 @@ class Stage:
         recompute: ``--force`` redoes it (scoring and reporting; training is never redone:
             delete its folder to retrain).
         parallel: may run in a worker process beside the other parallel stages next to it.
+        trains: a training stage: with several devices every rank runs it (Lightning DDP); any
+            other stage runs on global rank 0 alone while the others wait.
         check: validates the stage's own inputs from outside the run (a teacher's files) before
             anything is written; it may leave what it prepared in ``ctx.prepared[name]``.
     """
@@ -78,6 +80,7 @@ class Stage:
     needs_data: bool = True
     recompute: bool = False
     parallel: bool = False
+    trains: bool = False
     check: Callable[[StageContext], None] | None = None
 
 
@@ -94,10 +97,12 @@ def trainable_students(config: dict[str, Any], data: DataBundle) -> list[str]:
 
 
 def _train_ensemble(ctx: StageContext) -> None:
+    from endd.pipeline.distributed import is_rank_zero
     from endd.pipeline.training import train_ensemble
 
     members = ctx.config["ensemble"]["members"]
-    log.info("[ensemble] %d members on %s", members, ctx.data.name)
+    if is_rank_zero(ctx.config["trainer"]):
+        log.info("[ensemble] %d members on %s", members, ctx.data.name)
     train_ensemble(ctx.run, ctx.config, ctx.data, progress=ctx.progress)
 
 
@@ -144,7 +149,13 @@ def plan(config: dict[str, Any], students: list[str]) -> list[Stage]:
     student_stages = [f"{STUDENT_PREFIX}{m}" for m in students]
     trains_ensemble = config["teacher"]["source"] == "train"
     ensemble = Stage(
-        "ensemble", "trained ensemble", ("ensemble",), (), ("ensemble",), _train_ensemble
+        "ensemble",
+        "trained ensemble",
+        ("ensemble",),
+        (),
+        ("ensemble",),
+        _train_ensemble,
+        trains=True,
     )
     return [
         *([ensemble] if trains_ensemble else []),
@@ -166,6 +177,7 @@ def plan(config: dict[str, Any], students: list[str]) -> list[Stage]:
                 (f"students/{m}",),
                 _student(m),
                 parallel=True,
+                trains=True,
             )
             for m in students
         ),

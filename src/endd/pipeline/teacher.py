@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from endd.data import DataBundle
+from endd.data.ondisk import READ_ERRORS
 from endd.engine import inference_device, predict_in_batches
 from endd.errors import ConfigError, DataError
 from endd.methods import get_method
@@ -168,7 +169,7 @@ def _checked_logits(path: Path, split: str, rows: int, classes: int) -> np.ndarr
     """``path`` memory-mapped, after checking its format, shape and values."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
+    except READ_ERRORS as error:
         detail = " ".join(str(error).split())
         raise DataError(
             f"cannot read {path} as a .npy array ({detail}); write it with numpy.save"

@@ -23,6 +23,7 @@ from endd.errors import RunDirError
 from endd.methods import get_method
 from endd.models import build_model
 from endd.models.prior import Predictor
+from endd.pipeline.distributed import is_rank_zero
 from endd.store import RunDir
 from endd.store.models import load_model, save_model
 
@@ -70,7 +71,8 @@ def _fit_and_save(
     **spec: Any,
 ) -> None:
     """Train with per-epoch checkpoints in ``folder/checkpoints``, then save the model with its
-    sidecar and drop the checkpoints (the finished model supersedes them)."""
+    sidecar and drop the checkpoints (the finished model supersedes them). Under DDP every rank
+    trains; global rank 0 alone writes."""
     checkpoints = folder / "checkpoints"
     fit(
         module,
@@ -97,6 +99,8 @@ def _fit_and_save(
         "train_seconds": time.perf_counter() - start,
         **spec,
     }
+    if not is_rank_zero(config["trainer"]):
+        return  # under DDP global rank 0 saves the model; the others wait at the stage's end
     network = module.model.cpu()
     predictor = Predictor(network, kind=kind, mean=data.mean, std=data.std, spec=spec)
     save_model(folder, predictor, spec)

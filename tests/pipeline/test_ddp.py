@@ -1,0 +1,155 @@
+"""Every training stage under Lightning DDP: ``trainer.devices=2`` on the CPU (two gloo
+processes, the second started by Lightning's launcher re-executing the command).
+
+Tolerances: the 2-process run is not bit-identical to one process. Each rank takes half of every
+batch (``batch_size`` stays the global batch, see EpochSeededBatchSampler) and DDP averages the
+two half-batch gradients, which equals the whole batch's mean gradient up to float32 rounding
+(a different summation order; Lightning also gives each rank half the CPU threads, which changes
+the kernels' reduction order). On the tiny spiral run (2 epochs) the metrics agree to about 2e-9
+(measured); a relative 1e-5 leaves room for other BLAS builds. A resumed 2-process run repeats
+an uninterrupted one exactly: two-rank gloo sums are order-independent (a + b = b + a).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from endd.engine.batches import EpochSeededBatchSampler
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "spiral.yaml"
+#: what a launcher leaves in the environment; the test's runs start clean
+_LAUNCHER_KEYS = (
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LOCAL_WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+)
+RELATIVE, ABSOLUTE = 1e-5, 1e-7
+
+
+def _command(out: Path, devices: int, tiny: list[str], *extra: str) -> list[str]:
+    overrides = [*tiny, "students.methods=[end, endd]", f"trainer.devices={devices}", *extra]
+    args = [sys.executable, "-m", "endd.cli", "run", str(CONFIG), "--out", str(out), "--quiet"]
+    return args + [f"--set={o}" for o in overrides]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _LAUNCHER_KEYS}
+
+
+def _run(command: list[str]) -> None:
+    subprocess.run(command, check=True, timeout=400, env=_env())
+
+
+def _metrics(out: Path) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.pop("timing")
+    return metrics
+
+
+def _leaves(value, prefix=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{prefix}{key}.")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{prefix}{index}.")
+    else:
+        yield prefix.rstrip("."), value
+
+
+def _assert_close(a: dict, b: dict) -> None:
+    left, right = dict(_leaves(a)), dict(_leaves(b))
+    assert left.keys() == right.keys()
+    for key, value in left.items():
+        other = right[key]
+        if isinstance(value, float) and isinstance(other, float):
+            assert math.isclose(value, other, rel_tol=RELATIVE, abs_tol=ABSOLUTE), key
+        else:
+            assert value == other, key
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_sampler_gives_each_rank_a_slice_of_every_batch():
+    def batches(rank: int, world: int) -> list[list]:
+        sampler = EpochSeededBatchSampler([10, 7], batch_size=4, seed=3)
+        sampler.shard(rank, world)
+        sampler.set_epoch(2)
+        return list(sampler)
+
+    whole = batches(0, 1)
+    parts = [batches(rank, 2) for rank in range(2)]
+    assert all(len(p) == len(whole) for p in parts)  # as many steps as one process
+    for b, batch in enumerate(whole):
+        for group in range(2):
+            joined = [i for p in parts for i in p[b][group].tolist()]
+            assert joined == batch[group].tolist()
+    # a batch of fewer rows than ranks: no rank is left without a primary row
+    sampler = EpochSeededBatchSampler([5], batch_size=4, seed=0)
+    sampler.shard(1, 2)
+    assert [len(b[0]) for b in sampler] == [2, 1]
+    with pytest.raises(ValueError):
+        sampler.shard(2, 2)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, tiny_spiral):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(_command(one, 1, tiny_spiral))
+    _run(_command(two, 2, tiny_spiral))
+    _assert_close(_metrics(two), _metrics(one))
+    # every file once, as one process writes it: no temporary files, no checkpoints left, one
+    # config (equal to the single-process one but for trainer.devices)
+    assert _files(two) == _files(one)
+    assert not [f for f in _files(two) if ".tmp" in f or "checkpoints" in f]
+    configs = [p for p in two.rglob("config*")]
+    assert configs == [two / "config.yaml"]
+    one_config = (one / "config.yaml").read_text().replace("devices: 1", "devices: 2")
+    assert (two / "config.yaml").read_text() == one_config
+    for name in ("end", "endd"):
+        spec_one = json.loads((one / "students" / name / "model.json").read_text())
+        spec_two = json.loads((two / "students" / name / "model.json").read_text())
+        # the recorded epoch loss is the mean over both ranks' rows, as in one process
+        assert spec_two["epoch_losses"] == pytest.approx(spec_one["epoch_losses"], rel=RELATIVE)
+
+
+@pytest.mark.slow
+def test_two_processes_killed_during_distillation_resume(tmp_path, tiny_spiral):
+    longer = ("students.epochs=60", "students.batch_size=16")
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    _run(_command(reference, 2, tiny_spiral, *longer))
+
+    process = subprocess.Popen(
+        _command(killed, 2, tiny_spiral, *longer), start_new_session=True, env=_env()
+    )
+    checkpoint = killed / "students" / "endd" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert process.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline, "no distillation checkpoint appeared"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)  # both ranks: the launcher's child is in the group
+    process.wait()
+    assert not (killed / "metrics.json").exists()
+    assert not (killed / "students" / "endd" / "model.json").exists()
+
+    _run(_command(killed, 2, tiny_spiral, *longer))
+    assert _metrics(killed) == _metrics(reference)
+    assert not [f for f in _files(killed) if ".tmp" in f or "checkpoints" in f]
