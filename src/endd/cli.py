@@ -214,9 +214,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         if blocked is not None:
             raise EnddError(f"--out {out}: {blocked} is a file; give a folder for the run")
         path = builtin_config("spiral") if args.command == "demo" else args.config
-        config = resolve_config(load_yaml(path), args.overrides)
+        notices: list[str] = []  # shown once the data are known to be good: errors stay 1 line
+        config = resolve_config(load_yaml(path), args.overrides, notices=notices)
         _tune_allocator(config)
-        run = run_stages(args.out, config=config)
+        run = run_stages(args.out, config=config, notices=notices)
         if not args.quiet and is_rank_zero(config["trainer"]):
             print(f"report: {run.report}")
     elif args.command in ("ensemble", "distill", "evaluate", "report"):

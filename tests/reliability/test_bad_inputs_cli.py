@@ -243,11 +243,7 @@ def _(tmp, _run):
     return run_npz(tmp, path), tmp / "run", str(path)
 
 
-@case(
-    "npz: with --set data.name=npz on the spiral config",
-    known="config/loading.py logs the data-kind switch notice (INFO) before the run fails on "
-    "the data: without -q stderr holds the notice and the error, two lines",
-)
+@case("npz: with --set data.name=npz on the spiral config")
 def _(tmp, _run):
     path = tmp / "nowhere.npz"
     argv = ["run", str(SPIRAL), "--out", str(tmp / "run"), "--set=data.name=npz"]

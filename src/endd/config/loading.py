@@ -364,6 +364,7 @@ def resolve_config(
     overrides: Iterable[str] | Mapping[str, Any] = (),
     *,
     from_run_dir: bool = False,
+    notices: list[str] | None = None,
 ) -> dict[str, Any]:
     """Defaults ← ``user`` ← ``overrides``, validated; a new plain nested dict.
 
@@ -374,6 +375,9 @@ def resolve_config(
             kind of data than ``user``'s drops ``user``'s other ``data`` keys (with a notice).
         from_run_dir: ``user`` is a run directory's saved ``config.yaml``: ``data`` keys of other
             kinds of data (older versions saved them all) are dropped silently.
+        notices: if given, notices (the data-kind switch) are appended here for the caller to
+            show once the run's inputs are known to be good, instead of logged now: the CLI
+            keeps a later data error's stderr to its one line.
 
     Raises:
         ConfigError: one line naming the dotted key, the value given and what is allowed.
@@ -383,9 +387,10 @@ def resolve_config(
         _upgrade_run_dir_data(tree)
     config = validate_config(tree).model_dump()
     if notice:  # only for a valid config: otherwise the error is all there is to say
-        # INFO, not a warning: the switch is asked for; -q keeps a later error's stderr to
-        # its one line
-        log.info("%s", notice)
+        if notices is not None:
+            notices.append(notice)
+        else:
+            log.info("%s", notice)  # INFO: the switch is asked for, not a problem
     return config
 
 

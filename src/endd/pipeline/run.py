@@ -40,6 +40,7 @@ def run_stages(
     config: dict[str, Any] | None = None,
     progress: bool | None = None,
     force: bool = False,
+    notices: Iterable[str] = (),
 ) -> RunDir:
     """Run the stages that ``commands`` select over ``run_dir``.
 
@@ -51,6 +52,8 @@ def run_stages(
         progress: draw progress bars; None: only on a terminal with INFO logging on.
         force: recompute ``evaluate`` and ``report`` even if their outputs exist (training stages
             are never redone: delete their folder to retrain).
+        notices: messages about the config (see ``resolve_config(notices=...)``), logged once the
+            data and the stages' checks have passed.
     """
     run = RunDir(Path(run_dir))
     new_config = config
@@ -80,6 +83,9 @@ def run_stages(
         for stage in pending:
             if stage.check is not None:
                 stage.check(context)
+        if is_rank_zero(trainer):
+            for notice in notices:
+                log.info("%s", notice)
         if together:  # every rank has decided what it runs before anything is written
             barrier(trainer)
         if new_config is not None and is_rank_zero(trainer):
