@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN and --model: which trained model a deploy command takes out of which run."""
+    parser.add_argument("run_dir", help="an existing run directory (made by `endd run`)")
+    parser.add_argument(
+        "--model", required=True, help="'ensemble' or a finished student, e.g. endd"
+    )
+
+
 def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser(
         "predict",
@@ -123,10 +131,7 @@ def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
         "in batches and write an .npz with probs [N, K], alphas [N, K] (Prior Networks) and the "
         "measures the model has: total, data, knowledge, epkl, confidence [N].",
     )
-    predict.add_argument("run_dir", help="an existing run directory (made by `endd run`)")
-    predict.add_argument(
-        "--model", required=True, help="'ensemble' or a finished student, e.g. endd"
-    )
+    _add_model_arguments(predict)
     predict.add_argument(
         "--input",
         required=True,
@@ -149,10 +154,7 @@ def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
         "those the model has), dynamic batch axis. The file is checked against endd right after "
         "export and written only if every output agrees within 1e-4.",
     )
-    export.add_argument("run_dir", help="an existing run directory (made by `endd run`)")
-    export.add_argument(
-        "--model", required=True, help="'ensemble' or a finished student, e.g. endd"
-    )
+    _add_model_arguments(export)
     export.add_argument(
         "--format",
         required=True,
