@@ -45,15 +45,20 @@ def _add_run_options(parser: argparse.ArgumentParser, *, overrides: bool = True)
         "--verbose", "-v", action="store_true", help="also debug messages (and tracebacks)"
     )
     if overrides:
-        parser.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key, dotted, value read as YAML (repeatable), "
-            "e.g. --set students.epochs=100 --set data.ood=[far]",
-        )
+        _add_overrides(parser)
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable): one definition for run, demo and config show."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, dotted, value read as YAML (repeatable), "
+        "e.g. --set students.epochs=100 --set data.ood=[far]",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,14 +180,7 @@ def _add_config_commands(commands: argparse._SubParsersAction) -> None:
         "the result as YAML (nothing is run or written).",
     )
     show.add_argument("config", help="YAML config file (see configs/)")
-    show.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, dotted, value read as YAML (repeatable)",
-    )
+    _add_overrides(show)
     actions.add_parser(
         "schema",
         help="print the JSON schema of a config file",
