@@ -27,3 +27,18 @@ class DataError(EnddError, ValueError):
 
 class RunDirError(EnddError):
     """A run directory that is missing, incomplete or belongs to another config."""
+
+
+class DamagedArtifactError(RunDirError):
+    """A file of a run that no longer matches the size and checksum its sidecar recorded
+    (missing, truncated, changed, or another run's file): reported with the command that
+    rebuilds it, never silently reused."""
+
+    def __init__(self, path: object, problem: str, rebuild: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.rebuild = rebuild
+        super().__init__(f"damaged artifact {self.path}: {problem}; {rebuild}")
+
+    def __reduce__(self):  # raised in a worker process, re-raised in the parent: pickled
+        return type(self), (self.path, self.problem, self.rebuild)

@@ -112,8 +112,9 @@ def test_the_sampler_gives_each_rank_a_slice_of_every_batch():
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, tiny_spiral):
     one, two = tmp_path / "one", tmp_path / "two"
-    _run(_command(one, 1, tiny_spiral))
-    _run(_command(two, 2, tiny_spiral))
+    small_batches = "trainer.eval_batch_size=16"  # every split has rows for both ranks
+    _run(_command(one, 1, tiny_spiral, small_batches))
+    _run(_command(two, 2, tiny_spiral, small_batches))
     _assert_close(_metrics(two), _metrics(one))
     # every file once, as one process writes it: no temporary files, no checkpoints left, one
     # config (equal to the single-process one but for trainer.devices)
@@ -123,6 +124,18 @@ def test_two_processes_match_one(tmp_path, tiny_spiral):
     assert configs == [two / "config.yaml"]
     one_config = (one / "config.yaml").read_text().replace("devices: 1", "devices: 2")
     assert (two / "config.yaml").read_text() == one_config
+    # the teacher cache was written in shards by both ranks, each its own slice of the rows
+    done = json.loads((two / "teacher" / "done.json").read_text())
+    for split, shape in done["splits"].items():
+        (first, middle), (again, last) = (s["rows"] for s in done["shards"][split])
+        assert [s["rank"] for s in done["shards"][split]] == [0, 1]
+        assert (first, again, last) == (0, middle, shape[0]) and 0 < middle < shape[0], split
+    assert "shards" not in json.loads((one / "teacher" / "done.json").read_text())
+    # the predictions both ranks wrote are, byte for byte, what one process writes
+    sharded = {p: p.read_bytes() for p in (two / "predictions").rglob("*.npy")}
+    evaluate = [sys.executable, "-m", "endd.cli", "evaluate", str(two), "--force", "--quiet"]
+    _run(evaluate)
+    assert {p: p.read_bytes() for p in (two / "predictions").rglob("*.npy")} == sharded
     for name in ("end", "endd"):
         spec_one = json.loads((one / "students" / name / "model.json").read_text())
         spec_two = json.loads((two / "students" / name / "model.json").read_text())

@@ -135,7 +135,8 @@ class StudentModule(_TrainingModule):
     The teacher comes in one of four ways:
 
     - in the batch: ``(x, teacher_logits [B, M, K])``, a cached teacher;
-    - held here: ``teacher_logits=`` the cached logits of every input [N, M, K], and batches
+    - held here: ``teacher_logits=`` the cached logits of every input [N, M, K] (a tensor,
+      or a :class:`endd.store.TeacherRows` that reads them from disk a batch at a time), and batches
       ``(x, rows)`` with int64 row indices [B] into it (:func:`endd.engine.batch_loader` over
       ``torch.arange(N)``). With a ``statistic_loss`` (the loss again, taking the teacher's
       statistic mean_m ln π_mc [B, K] in place of the logits, see
@@ -192,11 +193,13 @@ class StudentModule(_TrainingModule):
         if sum(sources) > 1:
             raise ValueError("pass at most one of teacher, teacher_logits and teacher_statistics")
         if teacher_logits is not None and (
-            not isinstance(teacher_logits, Tensor)
+            not hasattr(teacher_logits, "__getitem__")
             or not teacher_logits.is_floating_point()
             or teacher_logits.ndim != 3
         ):
-            raise ValueError("teacher_logits must be a floating-point tensor [N, M, K]")
+            raise ValueError(
+                "teacher_logits must be a floating-point tensor [N, M, K] (or a TeacherRows)"
+            )
         if teacher_statistics is not None and (not teacher_statistics or statistic_loss is None):
             raise ValueError("teacher_statistics needs at least one table and a statistic_loss")
         self.model = model

@@ -61,7 +61,8 @@ def teacher_statistic_table(
     """mean_m ln π_mc of every input at each temperature: {T: [N, K]}.
 
     Args:
-        teacher_logits: Member logits (or log-probabilities) of the whole set, [N, M, K].
+        teacher_logits: Member logits (or log-probabilities) of the whole set, [N, M, K]: a
+            tensor, or rows read from disk a slice at a time (``endd.store.TeacherRows``).
         temperatures: One temperature or several (each finite and > 0); the keys of the result
             are ``float(T)``.
         smoothing: Central smoothing ε ∈ [0, 1) of the member probabilities, as in
@@ -80,8 +81,11 @@ def teacher_statistic_table(
         ValueError: If the logits are not a floating-point [N, M, K] tensor with N, M ≥ 1 and
             K ≥ 2, or on no temperature, a bad temperature, smoothing or chunk_rows.
     """
-    if not isinstance(teacher_logits, torch.Tensor) or not teacher_logits.is_floating_point():
-        raise ValueError("teacher_logits must be a floating-point torch.Tensor")
+    if not _rows_like(teacher_logits) or not teacher_logits.is_floating_point():
+        raise ValueError(
+            "teacher_logits must be a floating-point torch.Tensor (or rows read on demand, "
+            "like endd.store.TeacherRows)"
+        )
     if teacher_logits.ndim != 3 or min(teacher_logits.shape[:2]) < 1 or teacher_logits.shape[2] < 2:
         raise ValueError(
             "teacher_logits must have shape [N, M, K] with N, M >= 1 and K >= 2, "
@@ -100,6 +104,13 @@ def teacher_statistic_table(
     return {
         level: _statistic_table(teacher_logits, level, smoothing, chunk_rows) for level in levels
     }
+
+
+def _rows_like(value: object) -> bool:
+    """A tensor, or an object that gives one for a slice of rows (``TeacherRows``)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    return all(hasattr(value, a) for a in ("shape", "dtype", "ndim", "__getitem__"))
 
 
 def statistic_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

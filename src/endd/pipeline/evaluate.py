@@ -25,12 +25,15 @@ writes it last, so its presence means ``evaluation/`` is complete and matches it
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 from torch import Tensor
 
@@ -39,6 +42,7 @@ from endd.data import DataBundle
 from endd.engine import inference_device, predict_in_batches
 from endd.methods import get_method
 from endd.models.kinds import get_kind, outputs_from_logits
+from endd.pipeline.sharded import world, write_sharded
 from endd.store import RunDir, artifacts
 from endd.store import evaluation as saved
 from endd.store.models import load_model
@@ -159,16 +163,54 @@ def _save_data(run: RunDir, data: DataBundle) -> None:
     saved.write_arrays(saved.data_path(run), arrays)
 
 
+def _logits_rows(
+    network: torch.nn.Module, x: Tensor, batch_size: int, start: int, stop: int
+) -> Iterator[Tensor]:
+    """``network``'s logits on rows ``start..stop−1`` of ``x``, a batch at a time."""
+    for first in range(start, stop, batch_size):
+        yield predict_in_batches(network, x[first : min(stop, first + batch_size)], batch_size)
+
+
+def write_predictions(
+    run: RunDir, config: dict[str, Any], data: DataBundle, methods: list[str], splits: list[str]
+) -> None:
+    """Each student's logits on ``splits`` into ``predictions/<method>/<split>.npy``. Every rank
+    of a process group calls this and computes its slice of the rows (in the batches one
+    process would run, so the files do not depend on the number of ranks); global rank 0
+    assembles the files (:mod:`endd.pipeline.sharded`)."""
+    all_splits = data.unlabelled_splits()
+    batch_size = config["trainer"]["eval_batch_size"]
+    for method in methods:
+        network = load_model(run.student(method)).to(inference_device(config["trainer"])).network
+
+        for split in splits:
+            x = all_splits[split]
+            shape = (len(x), data.num_classes)
+            path = run.predictions(method) / f"{split}.npy"
+            rows = functools.partial(_logits_rows, network, x, batch_size)
+            write_sharded(path, shape, np.float32, rows, quantum=batch_size)
+
+
 def evaluate(
     run: RunDir, config: dict[str, Any], data: DataBundle, methods: list[str]
 ) -> dict[str, Any]:
     """Score the ensemble, its members and the students ``methods``; write predictions,
-    ``evaluation/`` and, last, ``metrics.json``. Returns the metrics."""
+    ``evaluation/`` and, last, ``metrics.json``. Returns the metrics.
+
+    Every rank of a process group calls this: the students' predictions are computed in
+    shards by every rank (:func:`write_predictions`); global rank 0 then scores them over each
+    whole split, once (no sample counted twice or dropped), and writes the rest. The other
+    ranks return an empty dict."""
     start = time.perf_counter()
-    run.metrics.unlink(missing_ok=True)  # from here on the old marker vouches for nothing
-    shutil.rmtree(run.evaluation, ignore_errors=True)
+    rank = world()[0]
+    if rank == 0:
+        run.metrics.unlink(missing_ok=True)  # from here on the old marker vouches for nothing
+        shutil.rmtree(run.evaluation, ignore_errors=True)
     ood = list(data.ood)
     splits = ["test", *(f"ood_{n}" for n in ood)] + (["grid"] if data.grid is not None else [])
+    write_predictions(run, config, data, methods, splits)
+    if rank != 0:
+        return {}
     labels = data.y_test
     # A teacher brought from outside may lack the grid (the report then has no ensemble map).
     teacher_splits = [s for s in splits if s != "grid" or (run.teacher / "grid.npy").is_file()]
@@ -189,16 +231,12 @@ def evaluate(
     _save_measures(run, "ensemble", "ensemble", ensemble)
     curves = _roc_curves("ensemble", "ensemble", ensemble, ood)
 
-    all_splits = data.unlabelled_splits()
-    batch_size = config["trainer"]["eval_batch_size"]
     for method in methods:
         kind = get_method(method).kind
-        predictor = load_model(run.student(method)).to(inference_device(config["trainer"]))
         outputs = {}
         for split in splits:
-            logits = predict_in_batches(predictor.network, all_splits[split], batch_size)
-            artifacts.write_array(run.predictions(method) / f"{split}.npy", logits)
-            outputs[split] = outputs_from_logits(kind, logits)
+            logits = artifacts.read_array(run.predictions(method) / f"{split}.npy", mmap=False)
+            outputs[split] = outputs_from_logits(kind, torch.from_numpy(logits))
         result = score_model(outputs, labels, get_kind(kind).measures, ood)
         result["fidelity"] = fidelity(outputs, ensemble, teacher_splits)
         models[method] = result

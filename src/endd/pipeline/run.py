@@ -116,10 +116,11 @@ def run_stages(
 
 def _run_stage(context: StageContext, stage: Stage) -> None:
     """Run one stage here. With several processes a training stage runs on every rank (DDP),
-    any other on global rank 0 alone; every rank then waits for the others."""
+    and so does one that writes shards; any other on global rank 0 alone; every rank then waits
+    for the others."""
     trainer = context.config["trainer"]
     begin = time.perf_counter()
-    if stage.trains or is_rank_zero(trainer):
+    if stage.trains or stage.every_rank or is_rank_zero(trainer):
         stage.run(context)
     barrier(trainer)
     if is_rank_zero(trainer):

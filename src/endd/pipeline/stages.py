@@ -65,8 +65,10 @@ class Stage:
         recompute: ``--force`` redoes it (scoring and reporting; training is never redone:
             delete its folder to retrain).
         parallel: may run in a worker process beside the other parallel stages next to it.
-        trains: a training stage: with several devices every rank runs it (Lightning DDP); any
-            other stage runs on global rank 0 alone while the others wait.
+        trains: a training stage: with several devices every rank runs it (Lightning DDP).
+        every_rank: with several processes every rank runs it, each writing its shard of the
+            rows (:mod:`endd.pipeline.sharded`: the teacher cache, the predictions). A stage
+            that neither trains nor shards runs on global rank 0 alone while the others wait.
         check: validates the stage's own inputs from outside the run (a teacher's files) before
             anything is written; it may leave what it prepared in ``ctx.prepared[name]``.
     """
@@ -81,6 +83,7 @@ class Stage:
     recompute: bool = False
     parallel: bool = False
     trains: bool = False
+    every_rank: bool = False
     check: Callable[[StageContext], None] | None = None
 
 
@@ -166,6 +169,7 @@ def plan(config: dict[str, Any], students: list[str]) -> list[Stage]:
             ("ensemble",) if trains_ensemble else (),
             ("teacher",),
             _cache_teacher,
+            every_rank=True,
             check=_check_teacher,
         ),
         *(
@@ -189,6 +193,7 @@ def plan(config: dict[str, Any], students: list[str]) -> list[Stage]:
             ("predictions", "evaluation", "metrics.json"),
             _evaluate(students),
             recompute=True,
+            every_rank=True,
         ),
         Stage(
             "report",

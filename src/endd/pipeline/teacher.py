@@ -17,7 +17,7 @@ before anything is written to ``teacher/``; ``done.json`` is written last.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import pickle
 import time
@@ -38,7 +38,9 @@ from endd.engine import inference_device, predict_in_batches
 from endd.errors import ConfigError, DataError
 from endd.methods import get_method
 from endd.models.registry import BACKBONES, build_model, resolve_import_path
+from endd.pipeline.sharded import world, write_sharded
 from endd.store import RunDir, artifacts
+from endd.store.integrity import file_record
 from endd.store.models import build_with_weights, load_model
 
 log = logging.getLogger("endd")
@@ -49,13 +51,19 @@ _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 _CHUNK_ROWS = 8192  # rows per chunk when checking and copying logits: memory stays bounded
 
 
+#: ``rows(split, start, stop)``: the member logits of rows ``start..stop−1`` of ``split``, as
+#: consecutive chunks [b, M, K].
+SplitRows = Callable[[str, int, int], Iterator[np.ndarray | Tensor]]
+
+
 @dataclass
 class TeacherSource:
-    """A checked teacher source: ``write(folder)`` fills ``folder`` with ``<split>.npy`` and
-    returns their shapes; ``details`` go into ``done.json``."""
+    """A checked teacher source. ``open()`` (called when the cache is written, on every rank)
+    returns the shape [N, M, K] of each split and the function that computes any slice of its
+    rows; ``details`` go into ``done.json``."""
 
     name: str
-    write: Callable[[Path], dict[str, list[int]]]
+    open: Callable[[], tuple[dict[str, tuple[int, ...]], SplitRows]]
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -66,35 +74,39 @@ def prepare_teacher(run: RunDir, config: dict[str, Any], data: DataBundle) -> Te
     splits = data.unlabelled_splits()
     batch_size = config["trainer"]["eval_batch_size"]
     device = inference_device(config["trainer"])
-    dtype = cache_dtype(section["cache_dtype"], data.num_classes)
     if source == "train":  # the ensemble is trained by then: read it when writing
 
-        def write_from_ensemble(folder: Path) -> dict[str, list[int]]:
+        def open_ensemble() -> tuple[dict[str, tuple[int, ...]], SplitRows]:
             network = load_model(run.ensemble).network.to(device)
-            return _write_member_logits(folder, [network], splits, batch_size, dtype, stacked=True)
+            members = config["ensemble"]["members"]
+            shapes = {s: (len(x), members, data.num_classes) for s, x in splits.items()}
+            return shapes, _member_rows([network], splits, batch_size, stacked=True)
 
-        return TeacherSource("train", write_from_ensemble)
+        return TeacherSource("train", open_ensemble)
     if source == "logits":
         folder = Path(section["path"]).expanduser()
         arrays = _checked_folder(folder, data, _needs_members(config))
 
-        def copy(target: Path) -> dict[str, list[int]]:
-            for split, array in arrays.items():
-                _copy(array, target / f"{split}.npy", dtype)
-            return {split: list(a.shape) for split, a in arrays.items()}
+        def open_folder() -> tuple[dict[str, tuple[int, ...]], SplitRows]:
+            def rows(split: str, start: int, stop: int) -> Iterator[np.ndarray]:
+                for first in range(start, stop, _CHUNK_ROWS):
+                    yield arrays[split][first : min(stop, first + _CHUNK_ROWS)]
 
-        return TeacherSource("logits", copy, {"path": str(folder.resolve())})
+            return {split: tuple(a.shape) for split, a in arrays.items()}, rows
+
+        return TeacherSource("logits", open_folder, {"path": str(folder.resolve())})
     networks = [
         _load_member(i, member, data).to(device) for i, member in enumerate(section["members"])
     ]
     raw = data.raw_splits()
     _probe(networks, raw["train"], data.num_classes, "teacher.members")
 
-    def run_members(folder: Path) -> dict[str, list[int]]:
-        return _write_member_logits(folder, networks, raw, batch_size, dtype, stacked=False)
+    def open_members() -> tuple[dict[str, tuple[int, ...]], SplitRows]:
+        shapes = {s: (len(x), len(networks), data.num_classes) for s, x in raw.items()}
+        return shapes, _member_rows(networks, raw, batch_size, stacked=False)
 
     details = {"members": [m["weights"] for m in section["members"]]}
-    return TeacherSource("checkpoints", run_members, details)
+    return TeacherSource("checkpoints", open_members, details)
 
 
 #: From this many classes on, ``teacher.cache_dtype: auto`` stores float16: the cache is
@@ -113,11 +125,33 @@ def cache_teacher(
     run: RunDir, config: dict[str, Any], data: DataBundle, source: TeacherSource | None = None
 ) -> None:
     """Fill ``teacher/`` from ``teacher.source`` (``source``: already prepared); ``done.json``
-    last."""
+    last, with each file's size and checksum.
+
+    Every rank of a process group calls this: each computes its slice of every split's rows
+    and writes it as a shard, global rank 0 assembles the files (:mod:`endd.pipeline.sharded`)
+    and writes ``done.json``, which lists who wrote which rows. Slices start at multiples of
+    ``trainer.eval_batch_size``, so every rank runs the very batches one process would: the
+    cache is bit for bit the same for any number of ranks."""
     start = time.perf_counter()
     source = source or prepare_teacher(run, config, data)
-    shapes = source.write(run.teacher)
-    done = {"source": source.name, **source.details, "splits": shapes}
+    shapes, rows = source.open()
+    dtype = cache_dtype(config["teacher"]["cache_dtype"], data.num_classes)
+    quantum = config["trainer"]["eval_batch_size"]
+    shards: dict[str, list[dict[str, Any]]] = {}
+    for split, shape in shapes.items():
+        path = run.teacher / f"{split}.npy"
+        written = write_sharded(
+            path, shape, dtype, functools.partial(rows, split), reuse=True, quantum=quantum
+        )
+        shards[split] = [r.as_json() for r in written]
+    if world()[0] != 0:
+        return  # global rank 0 writes done.json
+    done: dict[str, Any] = {"source": source.name, **source.details}
+    done["splits"] = {split: list(shape) for split, shape in shapes.items()}
+    done["dtype"] = dtype.name
+    done["files"] = {f"{s}.npy": file_record(run.teacher / f"{s}.npy") for s in shapes}
+    if world()[1] > 1:
+        done["shards"] = shards
     done["seconds"] = time.perf_counter() - start
     artifacts.write_json(run.marker("teacher"), done)
 
@@ -203,60 +237,48 @@ def _checked_logits(path: Path, split: str, rows: int, classes: int) -> np.ndarr
     return array
 
 
-def _copy(array: np.ndarray, path: Path, dtype: np.dtype) -> None:
-    """Write ``array`` [N, M, K] as ``dtype`` chunk by chunk, atomically."""
-    chunks = (array[start : start + _CHUNK_ROWS] for start in range(0, len(array), _CHUNK_ROWS))
-    artifacts.write_array_chunks(path, array.shape, dtype, chunks)
-
-
 # ---- sources that run networks -----------------------------------------------------------------
-def _write_member_logits(
-    folder: Path,
-    networks: Sequence[nn.Module],
-    splits: dict[str, Tensor],
-    batch_size: int,
-    dtype: np.dtype,
-    *,
-    stacked: bool,
-) -> dict[str, list[int]]:
-    """Run ``networks`` over every split and write [N, M, K] per split as ``dtype``, a batch at
-    a time (memory does not grow with N).
+def _member_rows(
+    networks: Sequence[nn.Module], splits: dict[str, Tensor], batch_size: int, *, stacked: bool
+) -> SplitRows:
+    """``rows(split, start, stop)``: ``networks`` run over rows ``start..stop−1`` of a split,
+    a batch at a time (memory does not grow with N), [b, M, K] per batch.
 
     Args:
         stacked: one batched ensemble returning [B, M, K]; otherwise one network per member,
             each returning [B, K].
     """
-    shapes = {}
-    for split, x in splits.items():
 
-        def batches(x=x) -> Iterator[Tensor]:
-            for start in range(0, len(x), batch_size):
-                chunk = x[start : start + batch_size]
-                if stacked:
-                    yield predict_in_batches(networks[0], chunk, batch_size)
-                else:
-                    yield torch.stack(
-                        [predict_in_batches(n, chunk, batch_size) for n in networks], dim=1
-                    )
+    def rows(split: str, start: int, stop: int) -> Iterator[Tensor]:
+        x = splits[split]
+        for first in range(start, stop, batch_size):
+            chunk = x[first : min(stop, first + batch_size)]
+            if stacked:
+                yield predict_in_batches(networks[0], chunk, batch_size)
+            else:
+                yield torch.stack(
+                    [predict_in_batches(n, chunk, batch_size) for n in networks], dim=1
+                )
 
-        chunks = batches()
-        first = next(chunks)
-        shape = (len(x), *first.shape[1:])
-        path = folder / f"{split}.npy"
-        artifacts.write_array_chunks(path, shape, dtype, itertools.chain([first], chunks))
-        shapes[split] = list(shape)
-    return shapes
+    return rows
 
 
 def write_member_logits(
     folder: Path, members: Sequence[nn.Module], data: DataBundle, batch_size: int
 ) -> dict[str, list[int]]:
     """The members' logits on every split of ``data`` (their *raw* inputs) into ``folder``,
-    laid out as ``teacher.source: logits`` reads it."""
+    laid out as ``teacher.source: logits`` reads it (float32: the run picks its own dtype)."""
     raw = data.raw_splits()
     _probe(list(members), raw["train"], data.num_classes, "teacher_members")
-    dtype = np.dtype(np.float32)  # a folder for teacher.source logits: the run picks its own
-    return _write_member_logits(folder, list(members), raw, batch_size, dtype, stacked=False)
+    rows = _member_rows(list(members), raw, batch_size, stacked=False)
+    shapes = {}
+    for split, x in raw.items():
+        shape = (len(x), len(members), data.num_classes)
+        artifacts.write_array_chunks(
+            folder / f"{split}.npy", shape, np.float32, rows(split, 0, len(x))
+        )
+        shapes[split] = list(shape)
+    return shapes
 
 
 @torch.no_grad()

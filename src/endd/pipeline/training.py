@@ -26,6 +26,7 @@ from endd.models.prior import Predictor
 from endd.pipeline.distributed import is_rank_zero
 from endd.store import RunDir
 from endd.store.models import load_model, save_model
+from endd.store.teacher_cache import TeacherRows
 
 STUDENT_SEED_OFFSET = 10_000  # every student starts from the same initialisation
 
@@ -157,22 +158,21 @@ def train_student(
         # students. Each auxiliary input weighs students.aux_weight in the loss (StudentModule).
         extra: tuple[torch.Tensor, ...] | None = None
         teacher: torch.nn.Module | None = None
-        held: torch.Tensor | None = None  # cached teacher logits, held by the module
+        held: TeacherRows | None = None  # the cached teacher logits, read a batch at a time
         if section["teacher"] == "online":
             tensors: tuple[torch.Tensor, ...] = (data.x_train,)
             extra = (data.x_aux,) if method.needs_aux else None
             teacher = load_model(run.ensemble).network
         else:
-            # The module holds the cached logits (training rows, then auxiliary rows) and the
-            # batches carry row indices into them: a loss with a statistic form (EnD²) then
-            # computes its teacher statistic once per held temperature, not every step.
-            held = run.teacher_logits("train")
-            tensors = (data.x_train, torch.arange(len(held)))
+            # The module reads the cached logits (training rows, then auxiliary rows) from disk
+            # a batch at a time, and the batches carry row indices into them: a loss with a
+            # statistic form (EnD²) then computes its teacher statistic once per held
+            # temperature, not every step.
+            held = run.teacher_rows("train", *(["aux"] if method.needs_aux else []))
+            train_rows = len(data.x_train)
+            tensors = (data.x_train, torch.arange(train_rows))
             if method.needs_aux:
-                aux = run.teacher_logits("aux")
-                extra = (data.x_aux, torch.arange(len(held), len(held) + len(aux)))
-                held = torch.cat([held, aux])
-                del aux  # the concatenation is the one copy kept during training
+                extra = (data.x_aux, torch.arange(train_rows, len(held)))
         loader = batch_loader(*tensors, batch_size=section["batch_size"], seed=seed, extra=extra)
         module = StudentModule(
             network,

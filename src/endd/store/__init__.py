@@ -3,6 +3,8 @@
 Every stage reads its inputs from here and writes its outputs here; the report reads only this.
 """
 
+from endd.store.integrity import DamagedArtifactError, check_file, file_record
 from endd.store.run_dir import RunDir
+from endd.store.teacher_cache import TeacherRows
 
-__all__ = ["RunDir"]
+__all__ = ["DamagedArtifactError", "RunDir", "TeacherRows", "check_file", "file_record"]

@@ -28,6 +28,8 @@ import torch
 
 from endd.errors import RunDirError
 from endd.store import artifacts
+from endd.store.integrity import check_file
+from endd.store.teacher_cache import TeacherRows
 
 #: A student's stage is ``student:<method>``; its marker is ``students/<method>/model.json``.
 STUDENT_PREFIX = "student:"
@@ -139,13 +141,30 @@ class RunDir:
 
     # ---- artifacts read by several stages ------------------------------------------------------
     def teacher_logits(self, split: str) -> torch.Tensor:
-        """The cached member logits of ``split`` [N, M, K] (float32)."""
-        path = self.teacher / f"{split}.npy"
-        if not path.is_file():
-            raise RunDirError(
-                f"cached teacher logits missing: {path}; run `endd ensemble {self.root}`"
-            )
+        """The cached member logits of ``split`` [N, M, K], whole, as stored (float32 or
+        float16), after checking the file against ``done.json``."""
+        path = self._teacher_file(split)
         return torch.from_numpy(np.array(artifacts.read_array(path)))
+
+    def teacher_rows(self, *splits: str) -> TeacherRows:
+        """The cached member logits of ``splits`` (their rows in order), read a batch of rows
+        at a time as float32 (:class:`~endd.store.teacher_cache.TeacherRows`), after checking
+        each file against ``done.json``."""
+        return TeacherRows([self._teacher_file(split) for split in splits])
+
+    def _teacher_file(self, split: str) -> Path:
+        """``teacher/<split>.npy``, present and, when ``done.json`` records its size and
+        checksum (runs written before that have no record), matching them."""
+        path = self.teacher / f"{split}.npy"
+        rebuild = f"delete {self.teacher} and run `endd ensemble {self.root}`"
+        if not path.is_file():
+            raise RunDirError(f"cached teacher logits missing: {path}; {rebuild}")
+        marker = self.marker("teacher")
+        if marker.is_file():
+            record = artifacts.read_json(marker).get("files", {}).get(path.name)
+            if record is not None:
+                check_file(path, record, rebuild=rebuild, sidecar=marker)
+        return path
 
     def model_spec(self, folder: Path) -> dict[str, Any]:
         """A saved model's sidecar (``model.json``)."""

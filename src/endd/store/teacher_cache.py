@@ -1,0 +1,100 @@
+"""The teacher cache read a batch of rows at a time: the training loop never holds it whole.
+
+``teacher/<split>.npy`` is N·M·K numbers (ImageNet: 25.6 GB in float16). :class:`TeacherRows`
+reads the rows a batch asks for with positioned reads (:class:`endd.data.ondisk.NpyRows`, not a
+memory map, whose touched pages would stay in the resident set) and returns them as float32, so
+a student's memory holds one batch of the cache. Several files (the training split, then the
+auxiliary one) read as one array of their rows in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from endd.data.ondisk import NpyRows
+
+__all__ = ["TeacherRows"]
+
+
+class TeacherRows:
+    """Member logits [N, M, K] of one or more ``.npy`` files (their rows concatenated), read on
+    demand as float32 tensors.
+
+    Indexing with a slice, an int, or an int64 index tensor/array returns a float32 tensor;
+    ``shape``, ``len``, ``dtype`` and ``ndim`` are those of the float32 array it stands for.
+    ``detach()`` and ``float()`` return it unchanged, so it goes where the training loop takes
+    a held tensor of logits.
+    """
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        if not paths:
+            raise ValueError("TeacherRows needs at least one file")
+        self.parts = [NpyRows(p) for p in paths]
+        trailing = {part.shape[1:] for part in self.parts}
+        if len(trailing) != 1 or len(self.parts[0].shape) != 3:
+            shapes = ", ".join(f"{p.path.name} {list(p.shape)}" for p in self.parts)
+            raise ValueError(f"teacher files must be [N, M, K] with equal M and K: {shapes}")
+        self.offsets = np.cumsum([0, *(len(p) for p in self.parts)])
+        self.shape = torch.Size((int(self.offsets[-1]), *self.parts[0].shape[1:]))
+        self.dtype = torch.float32
+        self.ndim = 3
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def is_floating_point(self) -> bool:
+        return True
+
+    def detach(self) -> TeacherRows:
+        return self
+
+    def float(self) -> TeacherRows:
+        return self
+
+    def __getitem__(self, index: int | slice | np.ndarray | Tensor) -> Tensor:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return self._convert(self._read(start, max(start, stop)))
+            index = np.arange(start, stop, step)
+        if isinstance(index, (int, np.integer)):
+            position = int(index) + (len(self) if index < 0 else 0)
+            return self[position : position + 1][0]
+        if isinstance(index, Tensor):
+            index = index.cpu().numpy()
+        return self._convert(self._take(np.asarray(index, dtype=np.int64).reshape(-1)))
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        pieces = []
+        for part, offset in zip(self.parts, self.offsets, strict=False):
+            low, high = max(start, offset), min(stop, offset + len(part))
+            if low < high:
+                pieces.append(part.read(low - offset, high - offset))
+        if not pieces:
+            return np.empty((0, *self.shape[1:]), dtype=self.parts[0].dtype)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _take(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} teacher rows")
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.parts[0].dtype)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for number, part in enumerate(self.parts):
+            mine = which == number
+            if mine.any():
+                out[mine] = part.take(rows[mine] - self.offsets[number])
+        return out
+
+    @staticmethod
+    def _convert(array: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32)
+
+    def __repr__(self) -> str:
+        files = ", ".join(p.path.name for p in self.parts)
+        return f"TeacherRows({files}, shape={list(self.shape)})"

@@ -1,0 +1,53 @@
+"""TeacherRows: the teacher cache read a batch of rows at a time, across the train and aux files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from endd.store import TeacherRows
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(37, 4, 3)).astype(np.float16)
+    aux = rng.normal(size=(11, 4, 3)).astype(np.float16)
+    np.save(tmp_path / "train.npy", train)
+    np.save(tmp_path / "aux.npy", aux)
+    whole = torch.from_numpy(np.concatenate([train, aux])).float()
+    return [tmp_path / "train.npy", tmp_path / "aux.npy"], whole
+
+
+def test_rows_equal_the_whole_array_held_in_memory(files):
+    paths, whole = files
+    rows = TeacherRows(paths)
+    assert rows.shape == whole.shape and len(rows) == 48 and rows.dtype == torch.float32
+    assert torch.equal(rows[0:48], whole)
+    assert torch.equal(rows[30:45], whole[30:45])  # across the two files
+    assert torch.equal(rows[40:40], whole[40:40])
+    assert torch.equal(rows[::5], whole[::5])
+    assert torch.equal(rows[-1], whole[-1]) and torch.equal(rows[3], whole[3])
+    index = torch.tensor([47, 0, 36, 37, 5, 5, 20])
+    assert torch.equal(rows[index], whole[index])
+    assert torch.equal(rows[index.numpy()], whole[index])
+    with pytest.raises(IndexError):
+        rows[torch.tensor([48])]
+
+
+def test_files_must_agree_on_members_and_classes(tmp_path, files):
+    paths, _ = files
+    np.save(tmp_path / "other.npy", np.zeros((5, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="equal M and K"):
+        TeacherRows([paths[0], tmp_path / "other.npy"])
+
+
+def test_the_statistic_table_from_rows_on_disk_equals_the_one_from_memory(files):
+    from endd.losses import teacher_statistic_table
+
+    paths, whole = files
+    from_disk = teacher_statistic_table(TeacherRows(paths), [1.0, 2.5], smoothing=1e-4)
+    in_memory = teacher_statistic_table(whole, [1.0, 2.5], smoothing=1e-4)
+    for level, table in in_memory.items():
+        assert torch.equal(from_disk[level], table)
