@@ -3,6 +3,7 @@ gloo processes on the CPU: the assembled file equals one process's, byte for byt
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 from pathlib import Path
@@ -39,9 +40,7 @@ def _rank(rank: int, world: int, port: int, folder: str) -> None:
         path = Path(folder) / "train.npy"
         records = write_sharded(path, SHAPE, np.float32, _values, reuse=True, quantum=64)
         if rank == 0:
-            (Path(folder) / "records.json").write_text(
-                json.dumps([r.as_json() for r in records])
-            )
+            (Path(folder) / "records.json").write_text(json.dumps([r.as_json() for r in records]))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -60,7 +59,7 @@ def test_slices_cover_every_row_once_in_whole_batches():
             for quantum in (1, 64, 256):
                 slices = [shard_rows(rows, r, world, quantum) for r in range(world)]
                 assert slices[0][0] == 0 and slices[-1][1] == rows
-                assert all(a[1] == b[0] for a, b in zip(slices, slices[1:], strict=False))
+                assert all(a[1] == b[0] for a, b in itertools.pairwise(slices))
                 assert all(start % quantum == 0 or start == rows for start, _ in slices)
     with pytest.raises(ValueError):
         shard_rows(10, 2, 2)
