@@ -68,6 +68,15 @@ BAD_VALUES = [
     (["data.name=cifar10", "data.ood=[svhn]", "data.aux=svhn"], "data.aux"),
     (["data.name=cifar10", "data.ood=[lsun_crop]", "data.aux=lsun_resize"], "data.aux"),
     (["data.name=cifar10", "data.ood=[cifar10]"], "data.ood"),
+    (["students.reduced_temperatures=[1, 2]"], "students.reduced_temperatures"),
+    (
+        ["students.teacher=reduced", "students.reduced_temperatures=[2, 5]"],
+        "students.reduced_temperatures",
+    ),
+    (
+        ["students.teacher=reduced", "students.reduced_temperatures=[1, -5]"],
+        "students.reduced_temperatures[1]",
+    ),
 ]
 
 

@@ -39,7 +39,7 @@ def test_rows_equal_the_whole_array_held_in_memory(files):
 def test_files_must_agree_on_members_and_classes(tmp_path, files):
     paths, _ = files
     np.save(tmp_path / "other.npy", np.zeros((5, 2, 3), np.float32))
-    with pytest.raises(ValueError, match="equal M and K"):
+    with pytest.raises(ValueError, match="but for their rows"):
         TeacherRows([paths[0], tmp_path / "other.npy"])
 
 

@@ -357,10 +357,18 @@ class StudentsConfig(_Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     gradient_clip: Annotated[float | None, Field(gt=0)] = 10.0
     smoothing: Annotated[float, Field(ge=0, lt=1)] = 1e-4
-    teacher: _one_of("cached", "online") = Field(  # type: ignore[valid-type]
+    teacher: _one_of("cached", "online", "reduced") = Field(  # type: ignore[valid-type]
         "cached",
         description="cached: teacher logits computed once; online: the ensemble runs on each "
-        "(augmented) batch",
+        "(augmented) batch; reduced: as cached, but EnD² students read the teacher statistic "
+        "mean_m ln π_mc stored at students.reduced_temperatures ([N, K] each instead of the "
+        "[N, M, K] logits), interpolated in T between them",
+    )
+    reduced_temperatures: list[PositiveFloat] | None = Field(
+        None,
+        description="students.teacher reduced: the temperatures at which the statistic is "
+        "stored (exact there, interpolated between); null: 5 levels evenly spaced from "
+        "temperature.final to temperature.initial",
     )
     temperature: TemperatureConfig = Field(default_factory=TemperatureConfig)
     end_temperature: PositiveFloat = Field(1.0, description="EnD's fixed distillation temperature")
@@ -369,6 +377,25 @@ class StudentsConfig(_Section):
         description="+AUX students: weight of each auxiliary input in the loss relative to a "
         "training input",
     )
+
+    @model_validator(mode="after")
+    def _reduced_levels_cover_the_schedule(self) -> StudentsConfig:
+        levels = self.reduced_temperatures
+        if levels is None:
+            return self
+        if self.teacher != "reduced":
+            raise ConfigError(
+                "config key 'students.reduced_temperatures' applies to students.teacher "
+                f"'reduced' only, got {levels!r} with teacher {self.teacher!r}"
+            )
+        low = min(self.temperature.initial, self.temperature.final)
+        high = max(self.temperature.initial, self.temperature.final)
+        if not levels or min(levels) > low or max(levels) < high:
+            raise ConfigError(
+                "config key 'students.reduced_temperatures' must span the schedule's "
+                f"temperatures {low:g}..{high:g} (nothing is extrapolated), got {levels!r}"
+            )
+        return self
 
     @field_validator("methods")
     @classmethod

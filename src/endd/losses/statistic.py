@@ -30,6 +30,7 @@ the per-batch one where ``table_is_exact_for``); between levels, see ``statistic
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Literal
@@ -46,7 +47,13 @@ from endd.losses._ops import (
 from endd.losses._validation import check_smoothing, check_temperature
 from endd.losses.endd import _mean_teacher_log_probs
 
-__all__ = ["statistic_at", "statistic_rows", "table_is_exact_for", "teacher_statistic_table"]
+__all__ = [
+    "statistic_at",
+    "statistic_rows",
+    "table_chunk_rows",
+    "table_is_exact_for",
+    "teacher_statistic_table",
+]
 
 Interpolation = Literal["temperature", "inverse_temperature"]
 
@@ -117,8 +124,15 @@ def statistic_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``table[rows]``, [B, K], in the layout the per-batch statistic of those rows has.
 
     A table stored as the transposed view of a [K, N] tensor (K < 32 on the CPU) gives the
-    transposed view of a [K, B] tensor, as ``mean_teacher_log_probs`` of a batch does there.
+    transposed view of a [K, B] tensor, as ``mean_teacher_log_probs`` of a batch does there. A
+    table read from disk (``endd.store.TeacherRows`` over an [N, K] file, row-major) gives its
+    rows in that same layout.
     """
+    if not isinstance(table, torch.Tensor):
+        taken = table[rows]
+        if _per_batch_layout_is_transposed(taken.shape[1]) and taken.device.type == "cpu":
+            taken = taken.t().contiguous().t()
+        return taken
     if table.stride(0) == 1 and table.stride(1) != 1:
         return table.t().index_select(1, rows).t()
     return table.index_select(0, rows)
@@ -192,6 +206,21 @@ def table_is_exact_for(
     the default ``chunk_rows``. See the module docstring."""
     # The default chunk is then at least batch_rows rows, so the table is row-independent too.
     return statistic_is_row_independent(batch_rows, num_members, num_classes, device)
+
+
+@functools.cache
+def _per_batch_layout_is_transposed(num_classes: int) -> bool:
+    """Whether the per-batch statistic on the CPU is the transposed view of a [K, B] tensor."""
+    like = _mean_teacher_log_probs(
+        torch.zeros(_ROW_QUANTUM, 1, num_classes), 1.0, 0.0, torch.float32
+    )
+    return like.stride(0) == 1 and like.stride(1) != 1
+
+
+def table_chunk_rows(num_members: int, num_classes: int) -> int:
+    """The rows ``teacher_statistic_table`` computes at a time by default (a multiple of 32):
+    a table computed in slices that start at multiples of it equals the whole table."""
+    return _chunk(num_members, num_classes, None)
 
 
 def _chunk(num_members: int, num_classes: int, requested: int | None) -> int:

@@ -125,6 +125,7 @@ def write_sharded(
     records = _gather(mine, size)
     if rank == 0:
         _assemble(path, shape, dtype, [_shard_path(path, r.start, r.stop) for r in records])
+    barrier()  # the file is in place for every rank when this returns
     return records if rank == 0 else [mine]
 
 

@@ -36,12 +36,14 @@ from endd.data import DataBundle
 from endd.data.ondisk import READ_ERRORS
 from endd.engine import inference_device, predict_in_batches
 from endd.errors import ConfigError, DataError
+from endd.losses.statistic import table_chunk_rows, teacher_statistic_table
 from endd.methods import get_method
 from endd.models.registry import BACKBONES, build_model, resolve_import_path
 from endd.pipeline.sharded import world, write_sharded
-from endd.store import RunDir, artifacts
+from endd.store import RunDir, TeacherRows, artifacts
 from endd.store.integrity import file_record
 from endd.store.models import build_with_weights, load_model
+from endd.store.run_dir import statistic_file
 
 log = logging.getLogger("endd")
 
@@ -144,16 +146,68 @@ def cache_teacher(
             path, shape, dtype, functools.partial(rows, split), reuse=True, quantum=quantum
         )
         shards[split] = [r.as_json() for r in written]
+    statistic = _write_reduced(run, config, shapes)
     if world()[0] != 0:
         return  # global rank 0 writes done.json
     done: dict[str, Any] = {"source": source.name, **source.details}
     done["splits"] = {split: list(shape) for split, shape in shapes.items()}
     done["dtype"] = dtype.name
-    done["files"] = {f"{s}.npy": file_record(run.teacher / f"{s}.npy") for s in shapes}
+    files = [f"{s}.npy" for s in shapes]
+    if statistic is not None:
+        done["statistic"] = statistic
+        files += statistic["files"]
+    done["files"] = {name: file_record(run.teacher / name) for name in files}
     if world()[1] > 1:
         done["shards"] = shards
     done["seconds"] = time.perf_counter() - start
     artifacts.write_json(run.marker("teacher"), done)
+
+
+def reduced_levels(students: dict[str, Any]) -> list[float]:
+    """The temperatures at which ``students.teacher: reduced`` stores the teacher statistic:
+    ``students.reduced_temperatures``, or 5 levels evenly spaced over the annealing schedule's
+    range (its two ends, where the schedule holds, among them)."""
+    if students["reduced_temperatures"] is not None:
+        return sorted({float(t) for t in students["reduced_temperatures"]})
+    ends = sorted((students["temperature"]["final"], students["temperature"]["initial"]))
+    return sorted({float(t) for t in np.linspace(ends[0], ends[1], 5)})
+
+
+def _write_reduced(
+    run: RunDir, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, Any] | None:
+    """``students.teacher: reduced`` with a student that has a statistic form (EnD²): the
+    statistic mean_m ln π_mc of the training (and auxiliary) rows at each level, [N, K] per
+    level, as ``teacher/statistic/<split>.T<level>.npy``, computed from the cache just written
+    (read a chunk at a time; every rank its slice). Returns what ``done.json`` records."""
+    students = config["students"]
+    wanted = any(get_method(m).statistic_loss is not None for m in students["methods"])
+    if students["teacher"] != "reduced" or not wanted:
+        return None
+    smoothing, levels = float(students["smoothing"]), reduced_levels(students)
+    files = []
+    for split in [s for s in ("train", "aux") if s in shapes]:
+        logits = TeacherRows([run.teacher / f"{split}.npy"])
+        rows, members, classes = shapes[split]
+        chunk = table_chunk_rows(members, classes)
+        for level in levels:
+            name = statistic_file(split, level)
+
+            table = functools.partial(_statistic_rows, logits, level, smoothing, chunk)
+            path = run.teacher / name
+            write_sharded(path, (rows, classes), np.float32, table, reuse=True, quantum=chunk)
+            files.append(name)
+    return {"temperatures": levels, "smoothing": smoothing, "files": files}
+
+
+def _statistic_rows(
+    logits: TeacherRows, level: float, smoothing: float, chunk: int, start: int, stop: int
+) -> Iterator[Tensor]:
+    """The statistic at ``level`` of rows ``start..stop−1``, ``chunk`` rows at a time (``start``
+    a multiple of ``chunk``: the values are those of the whole table)."""
+    for first in range(start, stop, chunk):
+        part = logits[first : min(stop, first + chunk)]
+        yield teacher_statistic_table(part, level, smoothing=smoothing)[level]
 
 
 def _needs_members(config: dict[str, Any]) -> int:

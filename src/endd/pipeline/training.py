@@ -159,6 +159,7 @@ def train_student(
         extra: tuple[torch.Tensor, ...] | None = None
         teacher: torch.nn.Module | None = None
         held: TeacherRows | None = None  # the cached teacher logits, read a batch at a time
+        statistics: dict[float, TeacherRows] | None = None  # students.teacher: reduced
         if section["teacher"] == "online":
             tensors: tuple[torch.Tensor, ...] = (data.x_train,)
             extra = (data.x_aux,) if method.needs_aux else None
@@ -168,11 +169,17 @@ def train_student(
             # a batch at a time, and the batches carry row indices into them: a loss with a
             # statistic form (EnD²) then computes its teacher statistic once per held
             # temperature, not every step.
-            held = run.teacher_rows("train", *(["aux"] if method.needs_aux else []))
+            splits = ("train", "aux") if method.needs_aux else ("train",)
+            if section["teacher"] == "reduced" and method.statistic_loss is not None:
+                statistics = run.teacher_statistics(*splits)  # [N, K] per stored temperature
+                rows = len(next(iter(statistics.values())))
+            else:
+                held = run.teacher_rows(*splits)
+                rows = len(held)
             train_rows = len(data.x_train)
             tensors = (data.x_train, torch.arange(train_rows))
             if method.needs_aux:
-                extra = (data.x_aux, torch.arange(train_rows, len(held)))
+                extra = (data.x_aux, torch.arange(train_rows, rows))
         loader = batch_loader(*tensors, batch_size=section["batch_size"], seed=seed, extra=extra)
         module = StudentModule(
             network,
@@ -184,6 +191,7 @@ def train_student(
             augment=_augment(config),
             teacher=teacher,
             teacher_logits=held,
+            teacher_statistics=statistics,
             statistic_loss=method.statistic_loss,
             aux_weight=section["aux_weight"],
         )

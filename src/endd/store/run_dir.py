@@ -152,16 +152,34 @@ class RunDir:
         each file against ``done.json``."""
         return TeacherRows([self._teacher_file(split) for split in splits])
 
-    def _teacher_file(self, split: str) -> Path:
-        """``teacher/<split>.npy``, present and, when ``done.json`` records its size and
-        checksum (runs written before that have no record), matching them."""
-        path = self.teacher / f"{split}.npy"
+    def teacher_statistics(self, *splits: str) -> dict[float, TeacherRows]:
+        """The reduced teacher cache (``students.teacher: reduced``): {T: the statistic of
+        ``splits``' rows at T [N, K]}, read a batch of rows at a time."""
+        done = artifacts.read_json(self.marker("teacher"))
+        if "statistic" not in done:
+            raise RunDirError(
+                f"{self.teacher} holds no reduced teacher statistic (done.json has none); delete "
+                f"{self.teacher} and run `endd ensemble {self.root}`"
+            )
+        return {
+            float(level): TeacherRows(
+                [self._teacher_file(statistic_file(s, level), name=True) for s in splits]
+            )
+            for level in done["statistic"]["temperatures"]
+        }
+
+    def _teacher_file(self, split: str, *, name: bool = False) -> Path:
+        """``teacher/<split>.npy`` (``name``: ``teacher/<split>``), present and, when
+        ``done.json`` records its size and checksum (runs written before that have no record),
+        matching them."""
+        path = self.teacher / (split if name else f"{split}.npy")
         rebuild = f"delete {self.teacher} and run `endd ensemble {self.root}`"
         if not path.is_file():
             raise RunDirError(f"cached teacher logits missing: {path}; {rebuild}")
         marker = self.marker("teacher")
         if marker.is_file():
-            record = artifacts.read_json(marker).get("files", {}).get(path.name)
+            relative = str(path.relative_to(self.teacher))
+            record = artifacts.read_json(marker).get("files", {}).get(relative)
             if record is not None:
                 check_file(path, record, rebuild=rebuild, sidecar=marker)
         return path
@@ -172,6 +190,12 @@ class RunDir:
         if not sidecar.is_file():
             raise RunDirError(f"no finished model in {folder} (model.json missing)")
         return artifacts.read_json(sidecar)
+
+
+def statistic_file(split: str, temperature: float) -> str:
+    """The reduced teacher statistic of ``split`` at ``temperature``, relative to
+    ``teacher/``."""
+    return f"statistic/{split}.T{float(temperature)!r}.npy"
 
 
 def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

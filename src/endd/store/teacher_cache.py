@@ -22,8 +22,8 @@ __all__ = ["TeacherRows"]
 
 
 class TeacherRows:
-    """Member logits [N, M, K] of one or more ``.npy`` files (their rows concatenated), read on
-    demand as float32 tensors.
+    """Member logits [N, M, K] (or a reduced statistic [N, K]) of one or more ``.npy`` files
+    (their rows concatenated), read on demand as float32 tensors.
 
     Indexing with a slice, an int, or an int64 index tensor/array returns a float32 tensor;
     ``shape``, ``len``, ``dtype`` and ``ndim`` are those of the float32 array it stands for.
@@ -36,13 +36,13 @@ class TeacherRows:
             raise ValueError("TeacherRows needs at least one file")
         self.parts = [NpyRows(p) for p in paths]
         trailing = {part.shape[1:] for part in self.parts}
-        if len(trailing) != 1 or len(self.parts[0].shape) != 3:
+        if len(trailing) != 1:
             shapes = ", ".join(f"{p.path.name} {list(p.shape)}" for p in self.parts)
-            raise ValueError(f"teacher files must be [N, M, K] with equal M and K: {shapes}")
+            raise ValueError(f"teacher files must agree but for their rows (M, K): {shapes}")
         self.offsets = np.cumsum([0, *(len(p) for p in self.parts)])
         self.shape = torch.Size((int(self.offsets[-1]), *self.parts[0].shape[1:]))
         self.dtype = torch.float32
-        self.ndim = 3
+        self.ndim = len(self.shape)
         self.device = torch.device("cpu")
 
     def __len__(self) -> int:
