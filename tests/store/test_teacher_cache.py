@@ -51,3 +51,27 @@ def test_the_statistic_table_from_rows_on_disk_equals_the_one_from_memory(files)
     in_memory = teacher_statistic_table(whole, [1.0, 2.5], smoothing=1e-4)
     for level, table in in_memory.items():
         assert torch.equal(from_disk[level], table)
+
+
+def test_a_damaged_cache_file_is_refused_before_it_is_read(tmp_path):
+    import json
+
+    from endd.errors import DamagedArtifactError
+    from endd.store import RunDir, file_record
+
+    run = RunDir(tmp_path)
+    run.teacher.mkdir()
+    path = run.teacher / "train.npy"
+    np.save(path, np.arange(48, dtype=np.float32).reshape(8, 2, 3))
+    done = {"files": {"train.npy": file_record(path)}}
+    (run.teacher / "done.json").write_text(json.dumps(done))
+    assert run.teacher_rows("train").shape == (8, 2, 3)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedArtifactError, match="contents differ") as error:
+        run.teacher_rows("train")
+    assert str(path) in str(error.value) and "endd ensemble" in str(error.value)
+    (run.teacher / "done.json").write_text("{not json")
+    with pytest.raises(DamagedArtifactError, match=r"done\.json: not a JSON object"):
+        run.teacher_rows("train")

@@ -6,6 +6,7 @@ banners and known-harmless warnings are silenced inside the call and restored af
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -22,11 +23,18 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from endd.engine.batches import EpochSeededBatchSampler
+from endd.errors import DamagedArtifactError
+from endd.store import artifacts
+from endd.store.integrity import check_file_any, file_record
 
 CHECKPOINT_NAME = "last.ckpt"
+#: The checkpoint's sidecar: its size and SHA-256, and those of the checkpoint before it.
+CHECKPOINT_SIDECAR = CHECKPOINT_NAME + ".json"
 #: How long a rank of a multi-process run waits at a collective (a stage-end barrier while
 #: global rank 0 caches the teacher or evaluates) before failing; Lightning's default is 30 min.
 DDP_TIMEOUT = timedelta(hours=2)
+
+log = logging.getLogger("endd")
 
 
 class AtomicEpochCheckpoint(Callback):
@@ -34,10 +42,29 @@ class AtomicEpochCheckpoint(Callback):
 
     A run killed at any moment leaves either the previous checkpoint or the new one, never a torn
     file. Lightning's own ModelCheckpoint writes in place.
+
+    Beside the checkpoint, ``last.ckpt.json`` holds its size and SHA-256 (``record``) and those
+    of the checkpoint it replaces (``previous``)::
+
+        {"checkpoint": "last.ckpt", "epoch": 3, "record": {"bytes": …, "sha256": …},
+         "previous": {"bytes": …, "sha256": …} | null}
+
+    The order is: the new checkpoint to ``last.ckpt.tmp``; the sidecar (atomically), naming the
+    temporary file's record as ``record`` and the current ``last.ckpt``'s as ``previous``; then
+    the rename. A run killed between the two renames leaves the old checkpoint with the new
+    sidecar: the old one is its ``previous``, so it is accepted (:func:`verify_checkpoint`).
+    A ``last.ckpt`` that matches neither record is damaged or foreign; one without a sidecar was
+    written by an older endd and is resumed unchecked.
+
+    Args:
+        record: the record of the ``last.ckpt`` already there (the one a resumed fit starts
+            from, as :func:`verify_checkpoint` returned it), or None.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, record: dict[str, Any] | None = None) -> None:
         self.path = Path(directory) / CHECKPOINT_NAME
+        self.sidecar = Path(directory) / CHECKPOINT_SIDECAR
+        self.record = record
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:
@@ -49,7 +76,58 @@ class AtomicEpochCheckpoint(Callback):
         # writes the file and renames it, and every rank reads it when a killed run resumes.
         trainer.save_checkpoint(temporary)
         if trainer.is_global_zero:
+            record = file_record(temporary)
+            sidecar = {
+                "checkpoint": CHECKPOINT_NAME,
+                "epoch": trainer.current_epoch + 1,
+                "record": record,
+                "previous": self.record,
+            }
+            artifacts.write_json(self.sidecar, sidecar)
             os.replace(temporary, self.path)
+            self.record = record
+
+
+def checkpoint_rebuild_hint(checkpoint_dir: Path) -> str:
+    """What to do about a damaged checkpoint in ``checkpoint_dir``: delete the folder (training
+    restarts from its first epoch) and run the model's stage again."""
+    from endd.store.models import stage_command
+
+    command = stage_command(Path(checkpoint_dir).parent)
+    rerun = f"run `{command}`" if command else "rerun the same command"
+    return f"delete {checkpoint_dir} and {rerun} (training restarts from epoch 1)"
+
+
+def check_checkpoints(checkpoint_dir: Path, *, rebuild: str | None = None) -> None:
+    """Check the checkpoint a fit into ``checkpoint_dir`` would resume from, if there is one
+    (:func:`verify_checkpoint`): a stage's check calls this before anything is written."""
+    resume = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if resume.is_file():
+        verify_checkpoint(resume, rebuild=rebuild)
+
+
+def verify_checkpoint(path: Path, *, rebuild: str | None = None) -> dict[str, Any]:
+    """Check the checkpoint at ``path`` against its sidecar (see
+    :class:`AtomicEpochCheckpoint`) before a fit resumes from it: raises
+    :class:`~endd.errors.DamagedArtifactError` (one line: the file, what is wrong, ``rebuild``)
+    unless it matches the sidecar's ``record`` or ``previous``. Returns the matching record.
+
+    A checkpoint without a sidecar was written by an older endd: it is resumed unchecked, and
+    its record as it is now is returned (the next sidecar names it as ``previous``)."""
+    path = Path(path)
+    rebuild = rebuild or checkpoint_rebuild_hint(path.parent)
+    sidecar = path.with_name(path.name + ".json")
+    if not sidecar.is_file():
+        log.debug("%s has no sidecar (written by an older endd): resumed unchecked", path)
+        return file_record(path)
+    try:
+        content = artifacts.read_json(sidecar)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DamagedArtifactError(sidecar, "not valid JSON", rebuild) from None
+    records = [content.get("record")] if isinstance(content, dict) else [None]
+    if isinstance(content, dict) and content.get("previous") is not None:
+        records.append(content["previous"])
+    return check_file_any(path, records, rebuild=rebuild, sidecar=sidecar)
 
 
 def _sum_epoch_loss(trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -147,20 +225,28 @@ def fit(
     progress: bool = False,
     description: str = "",
     logger: Logger | None = None,
+    rebuild: str | None = None,
 ) -> None:
     """Train ``module`` for ``epochs``, resuming from ``checkpoint_dir/last.ckpt`` if present.
 
-    Checkpoints are loaded with ``weights_only=True``: nothing in them can execute code.
+    Checkpoints are loaded with ``weights_only=True``: nothing in them can execute code. Before
+    resuming, the checkpoint is checked against its sidecar (:func:`verify_checkpoint`): a
+    damaged or foreign one raises :class:`~endd.errors.DamagedArtifactError` before the Trainer
+    is built, so nothing is written.
 
     Args:
         progress: show a progress bar (callers pass False when stderr is not a terminal: a bar
             redrawn into a log file is thousands of lines of noise).
         logger: a Lightning logger for the per-epoch values the module logs (loss,
             temperature); see :func:`make_logger`.
+        rebuild: what the message of a damaged checkpoint tells the user to do (default:
+            :func:`checkpoint_rebuild_hint`).
     """
     checkpoint_dir = Path(checkpoint_dir)
     resume = checkpoint_dir / CHECKPOINT_NAME
-    callbacks: list[Callback] = [AtomicEpochCheckpoint(checkpoint_dir)]
+    # Every rank checks the checkpoint it will read (the same file: the same verdict).
+    record = verify_checkpoint(resume, rebuild=rebuild) if resume.is_file() else None
+    callbacks: list[Callback] = [AtomicEpochCheckpoint(checkpoint_dir, record)]
     distributed: dict[str, Any] = {}
     if process_count(trainer_config) > 1:
         distributed = _ddp_strategy(trainer_config)

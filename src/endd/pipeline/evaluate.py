@@ -18,6 +18,9 @@ the report reads the run directory only (never the dataset, never a model); path
       data.npz                      2-D inputs only, raw coordinates: x_train, y_train, x_aux
                                     (when there is one), ood_<name> per OOD set, grid and
                                     grid_shape
+      files.json                    size and sha256 of every file above, of each student's
+                                    predictions/<model>/<split>.npy and of metrics.json; the
+                                    report checks them before it reads anything
 
 ``metrics.json`` is the stage's marker: the stage deletes it (and ``evaluation/``) first and
 writes it last, so its presence means ``evaluation/`` is complete and matches it.
@@ -262,5 +265,10 @@ def evaluate(
         "models": models,
         "timing": timing,
     }
-    artifacts.write_json(run.metrics, result)
+    # every file written above, with its size and checksum, then metrics.json (the marker)
+    written = [p for p in sorted(run.evaluation.rglob("*")) if p.is_file()]
+    written += [run.predictions(m) / f"{s}.npy" for m in methods for s in splits]
+    text = artifacts.json_text(result)
+    saved.write_manifest(run, written, text)
+    artifacts.write_text(run.metrics, text)
     return result

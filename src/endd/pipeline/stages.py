@@ -111,6 +111,10 @@ def _train_ensemble(ctx: StageContext) -> None:
 
 def _check_teacher(ctx: StageContext) -> None:
     from endd.pipeline.teacher import prepare_teacher
+    from endd.store.models import check_model
+
+    if ctx.config["teacher"]["source"] == "train" and ctx.run.is_done("ensemble"):
+        check_model(ctx.run.ensemble)  # the teacher stage runs it
 
     ctx.prepared["teacher"] = prepare_teacher(ctx.run, ctx.config, ctx.data)
 
@@ -128,6 +132,48 @@ def _student(method: str) -> Callable[[StageContext], None]:
         train_student(ctx.run, ctx.config, ctx.data, method, progress=ctx.progress)
 
     return train
+
+
+def _check_training(method: str | None) -> Callable[[StageContext], None]:
+    """Before anything is written: the checkpoint a killed run resumes from, and what a student
+    reads (the ensemble when distilled online, else the teacher cache), match their sidecars."""
+
+    def check(ctx: StageContext) -> None:
+        from endd.engine.trainer import check_checkpoints
+        from endd.store.models import check_model
+
+        folder = ctx.run.ensemble if method is None else ctx.run.student(method)
+        if method is not None:
+            online = ctx.config["students"]["teacher"] == "online"
+            if online and ctx.run.is_done("ensemble"):
+                check_model(ctx.run.ensemble)
+            if not online and ctx.run.is_done("teacher"):  # the files this student reads
+                student = get_method(method)
+                splits = ("train", "aux") if student.needs_aux else ("train",)
+                reduced = ctx.config["students"]["teacher"] == "reduced"
+                if reduced and student.statistic_loss is not None:
+                    ctx.run.teacher_statistics(*splits)
+                else:
+                    ctx.run.teacher_rows(*splits)
+        check_checkpoints(folder / "checkpoints")
+
+    return check
+
+
+def _check_students(methods: list[str]) -> Callable[[StageContext], None]:
+    """Before evaluate deletes the old results: the finished students' weights and the teacher
+    cache are intact."""
+
+    def check(ctx: StageContext) -> None:
+        from endd.store.models import check_model
+
+        if ctx.run.is_done("teacher"):
+            ctx.run.check_teacher()
+        for method in methods:
+            if ctx.run.is_done(f"{STUDENT_PREFIX}{method}"):
+                check_model(ctx.run.student(method))
+
+    return check
 
 
 def _evaluate(methods: list[str]) -> Callable[[StageContext], None]:
@@ -159,6 +205,7 @@ def plan(config: dict[str, Any], students: list[str]) -> list[Stage]:
         ("ensemble",),
         _train_ensemble,
         trains=True,
+        check=_check_training(None),
     )
     return [
         *([ensemble] if trains_ensemble else []),
@@ -182,6 +229,7 @@ def plan(config: dict[str, Any], students: list[str]) -> list[Stage]:
                 _student(m),
                 parallel=True,
                 trains=True,
+                check=_check_training(m),
             )
             for m in students
         ),
@@ -194,6 +242,7 @@ def plan(config: dict[str, Any], students: list[str]) -> list[Stage]:
             _evaluate(students),
             recompute=True,
             every_rank=True,
+            check=_check_students(students),
         ),
         Stage(
             "report",

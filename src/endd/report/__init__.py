@@ -47,6 +47,7 @@ def write_report(run: RunDir) -> Path:
             f"{run.root} was evaluated by an older endd (no evaluation/ folder); "
             f"run `endd evaluate {run.root} --force`"
         )
+    saved.check_evaluation(run)  # damaged or foreign files: one line, and how to rebuild
     result = artifacts.read_json(run.metrics)
     students = [m for m in result["models"] if m not in ("individual", "ensemble")]
     # training curves: the ensemble's only when this run trained it (not for a teacher from outside)

@@ -3,8 +3,15 @@
 Every stage reads its inputs from here and writes its outputs here; the report reads only this.
 """
 
-from endd.store.integrity import DamagedArtifactError, check_file, file_record
+from endd.store.integrity import DamagedArtifactError, check_file, check_file_any, file_record
 from endd.store.run_dir import RunDir
 from endd.store.teacher_cache import TeacherRows
 
-__all__ = ["DamagedArtifactError", "RunDir", "TeacherRows", "check_file", "file_record"]
+__all__ = [
+    "DamagedArtifactError",
+    "RunDir",
+    "TeacherRows",
+    "check_file",
+    "check_file_any",
+    "file_record",
+]

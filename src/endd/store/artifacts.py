@@ -53,8 +53,13 @@ def write_text(path: str | Path, text: str) -> None:
     _write_with(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+def json_text(data: Any) -> str:
+    """``data`` as the JSON text :func:`write_json` writes."""
+    return json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    write_text(path, json_text(data))
 
 
 def read_json(path: str | Path) -> Any:

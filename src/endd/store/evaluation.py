@@ -8,6 +8,7 @@ Both sides go through the paths and readers here, so the layout is defined once.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,17 +16,21 @@ import numpy as np
 
 from endd.errors import RunDirError
 from endd.models.kinds import get_kind
-from endd.store.artifacts import atomic_path
+from endd.store.artifacts import atomic_path, read_json, write_json
+from endd.store.integrity import DamagedArtifactError, check_file, file_record
 from endd.store.run_dir import RunDir
 
 __all__ = [
+    "check_evaluation",
     "data_path",
+    "manifest_path",
     "measures_path",
     "read_arrays",
     "roc_key",
     "roc_measures",
     "roc_path",
     "write_arrays",
+    "write_manifest",
 ]
 
 
@@ -42,6 +47,36 @@ def roc_path(run: RunDir, ood: str) -> Path:
 def data_path(run: RunDir) -> Path:
     """The 2-D data in raw coordinates (only for 2-D inputs)."""
     return run.evaluation / "data.npz"
+
+
+def manifest_path(run: RunDir) -> Path:
+    """Size and checksum of every file the evaluate stage wrote (``evaluation/``,
+    ``predictions/`` and ``metrics.json``), relative to the run directory."""
+    return run.evaluation / "files.json"
+
+
+def write_manifest(run: RunDir, files: list[Path], metrics_text: str) -> None:
+    """Record ``files`` and the ``metrics.json`` about to be written with ``metrics_text``."""
+    records = {str(path.relative_to(run.root)): file_record(path) for path in files}
+    encoded = metrics_text.encode("utf-8")
+    records["metrics.json"] = {"bytes": len(encoded), "sha256": hashlib.sha256(encoded).hexdigest()}
+    write_json(manifest_path(run), records)
+
+
+def check_evaluation(run: RunDir) -> None:
+    """Every file :func:`write_manifest` recorded still matches its size and checksum, or a
+    one-line :class:`~endd.errors.DamagedArtifactError` names it (runs evaluated before the
+    manifest existed have none: nothing to check)."""
+    manifest = manifest_path(run)
+    if not manifest.is_file():
+        return
+    rebuild = f"run `endd evaluate {run.root} --force`"
+    try:
+        records = read_json(manifest)
+    except (ValueError, UnicodeDecodeError):
+        raise DamagedArtifactError(manifest, "not readable as JSON", rebuild) from None
+    for relative, record in records.items():
+        check_file(run.root / relative, record, rebuild=rebuild, sidecar=manifest)
 
 
 def roc_key(model: str, measure: str) -> str:

@@ -28,7 +28,7 @@ import torch
 
 from endd.errors import RunDirError
 from endd.store import artifacts
-from endd.store.integrity import check_file
+from endd.store.integrity import DamagedArtifactError, check_file
 from endd.store.teacher_cache import TeacherRows
 
 #: A student's stage is ``student:<method>``; its marker is ``students/<method>/model.json``.
@@ -155,7 +155,7 @@ class RunDir:
     def teacher_statistics(self, *splits: str) -> dict[float, TeacherRows]:
         """The reduced teacher cache (``students.teacher: reduced``): {T: the statistic of
         ``splits``' rows at T [N, K]}, read a batch of rows at a time."""
-        done = artifacts.read_json(self.marker("teacher"))
+        done = self._teacher_done()
         if "statistic" not in done:
             raise RunDirError(
                 f"{self.teacher} holds no reduced teacher statistic (done.json has none); delete "
@@ -168,6 +168,12 @@ class RunDir:
             for level in done["statistic"]["temperatures"]
         }
 
+    def check_teacher(self) -> None:
+        """Every file ``done.json`` records (the cache, the reduced statistic) matches its size
+        and checksum, or a one-line :class:`~endd.errors.DamagedArtifactError` names it."""
+        for name in self._teacher_done().get("files", {}):
+            self._teacher_file(name, name=True)
+
     def _teacher_file(self, split: str, *, name: bool = False) -> Path:
         """``teacher/<split>.npy`` (``name``: ``teacher/<split>``), present and, when
         ``done.json`` records its size and checksum (runs written before that have no record),
@@ -179,10 +185,25 @@ class RunDir:
         marker = self.marker("teacher")
         if marker.is_file():
             relative = str(path.relative_to(self.teacher))
-            record = artifacts.read_json(marker).get("files", {}).get(relative)
+            record = self._teacher_done().get("files", {}).get(relative)
             if record is not None:
                 check_file(path, record, rebuild=rebuild, sidecar=marker)
         return path
+
+    def _teacher_done(self) -> dict[str, Any]:
+        """``teacher/done.json``, or a one-line error naming it when it is not JSON."""
+        marker = self.marker("teacher")
+        try:
+            done = artifacts.read_json(marker)
+        except (ValueError, UnicodeDecodeError):
+            done = None
+        if not isinstance(done, dict):
+            raise DamagedArtifactError(
+                marker,
+                "not a JSON object",
+                f"delete {self.teacher} and run `endd ensemble {self.root}`",
+            )
+        return done
 
     def model_spec(self, folder: Path) -> dict[str, Any]:
         """A saved model's sidecar (``model.json``)."""
