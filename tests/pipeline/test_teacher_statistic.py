@@ -357,3 +357,31 @@ def test_reduced_teacher_cache_between_its_temperatures_is_close(tmp_path, tiny_
         errors[levels] = max(abs(a - b) / abs(b) for a, b in zip(reduced, cached, strict=True))
     assert 0 < errors["[1, 2, 3, 4, 5]"] < errors["[1, 5]"]
     assert errors["[1, 2, 3, 4, 5]"] < 0.005, errors  # measured 7.3e-4 (two levels: 2.4e-3)
+
+
+def test_students_reading_the_cache_from_disk_train_as_holding_it(
+    tmp_path, tiny_spiral, monkeypatch
+):
+    """A cache above endd.store.teacher_cache.HOLD_IN_MEMORY_BYTES is read a batch of rows at a
+    time from disk: the same students, bit for bit, as a cache held in memory."""
+    import endd.store.teacher_cache as teacher_cache
+
+    overrides = [*tiny_spiral, "students.methods=[end, endd_aux]"]
+    config = resolve_config(load_yaml(CONFIGS / "spiral.yaml"), overrides)
+    held = run_stages(tmp_path / "held", ["ensemble", "distill"], config=config, progress=False)
+    opened = []
+    original = teacher_cache.TeacherRows.__init__
+
+    def recorded(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        opened.append(self.held is None)
+
+    monkeypatch.setattr(teacher_cache, "HOLD_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(teacher_cache.TeacherRows, "__init__", recorded)
+    streamed = run_stages(tmp_path / "disk", ["ensemble", "distill"], config=config, progress=False)
+    assert opened and all(opened)  # every student read from disk
+    for name in ("end", "endd_aux"):
+        losses_held, weights_held = _student_result(held, name)
+        losses_disk, weights_disk = _student_result(streamed, name)
+        assert losses_disk == losses_held
+        assert all(torch.equal(weights_disk[k], weights_held[k]) for k in weights_held)

@@ -20,9 +20,11 @@ def files(tmp_path):
     return [tmp_path / "train.npy", tmp_path / "aux.npy"], whole
 
 
-def test_rows_equal_the_whole_array_held_in_memory(files):
+@pytest.mark.parametrize("hold_below", [0, 1 << 20], ids=["from disk", "held"])
+def test_rows_equal_the_whole_array_held_in_memory(files, hold_below):
     paths, whole = files
-    rows = TeacherRows(paths)
+    rows = TeacherRows(paths, hold_below=hold_below)
+    assert (rows.held is None) == (hold_below == 0)
     assert rows.shape == whole.shape and len(rows) == 48 and rows.dtype == torch.float32
     assert torch.equal(rows[0:48], whole)
     assert torch.equal(rows[30:45], whole[30:45])  # across the two files
@@ -47,7 +49,9 @@ def test_the_statistic_table_from_rows_on_disk_equals_the_one_from_memory(files)
     from endd.losses import teacher_statistic_table
 
     paths, whole = files
-    from_disk = teacher_statistic_table(TeacherRows(paths), [1.0, 2.5], smoothing=1e-4)
+    from_disk = teacher_statistic_table(
+        TeacherRows(paths, hold_below=0), [1.0, 2.5], smoothing=1e-4
+    )
     in_memory = teacher_statistic_table(whole, [1.0, 2.5], smoothing=1e-4)
     for level, table in in_memory.items():
         assert torch.equal(from_disk[level], table)

@@ -1,10 +1,15 @@
-"""The teacher cache read a batch of rows at a time: the training loop never holds it whole.
+"""The teacher cache read a batch of rows at a time: the training loop never holds a large one.
 
 ``teacher/<split>.npy`` is N·M·K numbers (ImageNet: 25.6 GB in float16). :class:`TeacherRows`
 reads the rows a batch asks for with positioned reads (:class:`endd.data.ondisk.NpyRows`, not a
 memory map, whose touched pages would stay in the resident set) and returns them as float32, so
 a student's memory holds one batch of the cache. Several files (the training split, then the
 auxiliary one) read as one array of their rows in order.
+
+A cache of at most :data:`HOLD_IN_MEMORY_BYTES` is read into memory once instead (as stored,
+float16 or float32): a random batch of short rows costs one system call per row from disk,
+5-160× the time of indexing memory for K ≤ 100 (benchmarks/bench_teacher_cache.py), while a
+small cache costs little memory. Both give the same numbers, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,12 +23,21 @@ from torch import Tensor
 
 from endd.data.ondisk import NpyRows
 
-__all__ = ["TeacherRows"]
+__all__ = ["HOLD_IN_MEMORY_BYTES", "TeacherRows"]
+
+#: Caches up to this size (all files together, as stored) are held in memory; larger ones are
+#: read a batch of rows at a time.
+HOLD_IN_MEMORY_BYTES = 1 << 30
 
 
 class TeacherRows:
     """Member logits [N, M, K] (or a reduced statistic [N, K]) of one or more ``.npy`` files
     (their rows concatenated), read on demand as float32 tensors.
+
+    Args:
+        paths: the ``.npy`` files, their rows in this order.
+        hold_below: read the files into memory once when they hold at most this many bytes
+            (0: always read from disk; None: :data:`HOLD_IN_MEMORY_BYTES`).
 
     Indexing with a slice, an int, or an int64 index tensor/array returns a float32 tensor;
     ``shape``, ``len``, ``dtype`` and ``ndim`` are those of the float32 array it stands for.
@@ -31,7 +45,7 @@ class TeacherRows:
     a held tensor of logits.
     """
 
-    def __init__(self, paths: Sequence[str | Path]) -> None:
+    def __init__(self, paths: Sequence[str | Path], *, hold_below: int | None = None) -> None:
         if not paths:
             raise ValueError("TeacherRows needs at least one file")
         self.parts = [NpyRows(p) for p in paths]
@@ -44,6 +58,11 @@ class TeacherRows:
         self.dtype = torch.float32
         self.ndim = len(self.shape)
         self.device = torch.device("cpu")
+        stored = sum(len(part) * part.row_bytes for part in self.parts)
+        #: the rows as stored, when the cache is small enough to hold (see the module doc)
+        self.held: np.ndarray | None = None
+        if stored <= (HOLD_IN_MEMORY_BYTES if hold_below is None else hold_below):
+            self.held = np.concatenate([part.read(0, len(part)) for part in self.parts])
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -71,6 +90,8 @@ class TeacherRows:
         return self._convert(self._take(np.asarray(index, dtype=np.int64).reshape(-1)))
 
     def _read(self, start: int, stop: int) -> np.ndarray:
+        if self.held is not None:
+            return self.held[start:stop]
         pieces = []
         for part, offset in zip(self.parts, self.offsets, strict=False):
             low, high = max(start, offset), min(stop, offset + len(part))
@@ -83,6 +104,8 @@ class TeacherRows:
     def _take(self, rows: np.ndarray) -> np.ndarray:
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"row index out of range for {len(self)} teacher rows")
+        if self.held is not None:
+            return self.held[rows]
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.parts[0].dtype)
         which = np.searchsorted(self.offsets, rows, side="right") - 1
         for number, part in enumerate(self.parts):
