@@ -66,6 +66,9 @@ def test_slices_cover_every_row_once_in_whole_batches():
 
 
 def test_one_process_writes_the_file_directly(tmp_path):
+    stale = tmp_path / ".shards" / "a.0-512.npy"  # left by a killed 2-rank attempt
+    stale.parent.mkdir()
+    np.save(stale, np.zeros((512, 3, 5), np.float32))
     records = write_sharded(tmp_path / "a.npy", SHAPE, np.float32, _values)
     assert [r.as_json()["rows"] for r in records] == [[0, SHAPE[0]]]
     expected = np.concatenate([c.numpy() for c in _values(0, SHAPE[0])]).astype(np.float32)

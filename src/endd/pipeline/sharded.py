@@ -115,6 +115,7 @@ def write_sharded(
     start, stop = shard_rows(shape[0], rank, size, quantum)
     if size == 1:
         artifacts.write_array_chunks(path, shape, dtype, rows(0, shape[0]))
+        _remove_shards(path, [])  # any an earlier attempt with several ranks left
         return [ShardRecord(0, 0, shape[0], False, time.perf_counter() - begin)]
     shard = _shard_path(path, start, stop)
     part_shape = (stop - start, *shape[1:])
@@ -172,9 +173,16 @@ def _assemble(path: Path, shape: tuple[int, ...], dtype: np.dtype, shards: list[
                 yield part.read(first, first + step)
 
     artifacts.write_array_chunks(path, shape, dtype, chunks())
+    _remove_shards(path, shards)
+
+
+def _remove_shards(path: Path, shards: list[Path]) -> None:
+    """Delete ``shards`` and any other shard of ``path`` an earlier attempt with another number
+    of ranks left; the shard folder too once it is empty."""
     folder = path.parent / ".shards"
-    # this array's shards, and any an earlier attempt with another number of ranks left
+    if not folder.is_dir():
+        return
     for shard in [*shards, *folder.glob(f"{path.stem}.*-*.npy")]:
         shard.unlink(missing_ok=True)
-    if folder.is_dir() and not any(folder.iterdir()):
+    if not any(folder.iterdir()):
         shutil.rmtree(folder, ignore_errors=True)
