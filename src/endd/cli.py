@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from concurrent.futures import BrokenExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -296,10 +297,44 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"endd: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except BrokenExecutor:
+        # a student worker process died (killed, out of memory): its checkpoints are on disk
+        if verbose:
+            raise
+        print(f"endd: error: {WORKER_DIED}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("endd: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except SystemExit as exit_:
+        # Lightning ends a fit that Ctrl-C interrupted with sys.exit(1), after its own cleanup
+        if _raised_by_interrupt(exit_):
+            return _interrupted()
+        raise
     return 0
+
+
+WORKER_DIED = (
+    "a student worker process died (killed, or out of memory?); "
+    "rerun the same command to resume from the last checkpoints"
+)
+
+
+def _interrupted() -> int:
+    """Ctrl-C: one line, exit status 130 (128 + SIGINT) like a shell's interrupted command."""
+    print("endd: interrupted; rerun the same command to resume", file=sys.stderr)
+    return 130
+
+
+def _raised_by_interrupt(error: BaseException) -> bool:
+    """Whether ``error`` was raised while a KeyboardInterrupt was being handled."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -86,3 +86,34 @@ def test_a_resumed_fit_keeps_every_epochs_record(tmp_path):
     resumed = train(module(), 4, "split")
     assert resumed.epoch_losses == whole.epoch_losses and len(whole.epoch_losses) == 4
     assert resumed.epoch_temperatures == whole.epoch_temperatures
+
+
+def test_a_rerun_removes_what_a_killed_attempt_left(tmp_path, tiny_spiral):
+    """SIGKILL runs no clean-up: the next run of a command deletes the temporary files in what
+    its pending stages write and the checkpoints of finished training stages, and keeps
+    everything else (finished teacher shards are reused)."""
+    from endd.config import load_yaml, resolve_config
+    from endd.pipeline.run import run_stages
+
+    config = resolve_config(
+        load_yaml(Path(__file__).resolve().parents[2] / "configs" / "spiral.yaml"),
+        [*tiny_spiral, "students.methods=[end]"],
+    )
+    out = tmp_path / "run"
+    run_stages(out, ["ensemble"], config=config, progress=False)
+    leftovers = [
+        out / "ensemble" / "checkpoints" / "last.ckpt",  # ensemble done: its checkpoints go
+        out / "students" / "end" / ".model.safetensors.0a1b2c.tmp",
+        out / "students" / "end" / "checkpoints" / "last.ckpt.tmp",
+        out / ".metrics.json.3d4e5f.tmp",
+        out / "figures" / ".data.png.0f0f0f.tmp",
+    ]
+    kept = [out / "teacher" / ".shards" / "aux.0-64.npy", out / "notes.txt"]
+    for path in leftovers + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left by a killed attempt")
+    run_stages(out, progress=False)
+    assert not [p for p in leftovers if p.exists()]
+    assert not (out / "ensemble" / "checkpoints").exists()
+    assert all(p.read_bytes() == b"left by a killed attempt" for p in kept)
+    assert (out / "metrics.json").is_file() and (out / "report.md").is_file()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,7 +75,15 @@ class AtomicEpochCheckpoint(Callback):
         temporary = self.path.with_suffix(".ckpt.tmp")
         # Every rank takes part (the checkpoint is gathered collectively); global rank 0 alone
         # writes the file and renames it, and every rank reads it when a killed run resumes.
-        trainer.save_checkpoint(temporary)
+        try:
+            trainer.save_checkpoint(temporary)
+        except OSError as error:  # a full disk: say which file (Lightning's error names none)
+            raise OSError(
+                error.errno,
+                f"{error.strerror or error} (writing a checkpoint; Lightning stages it in "
+                f"{tempfile.gettempdir()} first)",
+                str(self.path),
+            ) from error
         if trainer.is_global_zero:
             record = file_record(temporary)
             sidecar = {
@@ -86,6 +95,11 @@ class AtomicEpochCheckpoint(Callback):
             artifacts.write_json(self.sidecar, sidecar)
             os.replace(temporary, self.path)
             self.record = record
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, error) -> None:
+        """A fit stopped by Ctrl-C or an error leaves no temporary checkpoint behind."""
+        if trainer.is_global_zero:
+            self.path.with_suffix(".ckpt.tmp").unlink(missing_ok=True)
 
 
 def checkpoint_rebuild_hint(checkpoint_dir: Path) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -86,6 +88,7 @@ def run_stages(
         if is_rank_zero(trainer):
             for notice in notices:
                 log.info("%s", notice)
+            _remove_leftovers(run, everything, pending)
         if together:  # every rank has decided what it runs before anything is written
             barrier(trainer)
         if new_config is not None and is_rank_zero(trainer):
@@ -125,6 +128,32 @@ def _run_stage(context: StageContext, stage: Stage) -> None:
     barrier(trainer)
     if is_rank_zero(trainer):
         log.info("[%s] done (%.1f s)", stage.name, time.perf_counter() - begin)
+
+
+def _remove_leftovers(run: RunDir, everything: list[Stage], pending: list[Stage]) -> None:
+    """What a killed attempt (SIGKILL: no clean-up ran) left behind: the temporary files of
+    the writes it was in (``.<name>.<random>.tmp``, a checkpoint's ``last.ckpt.tmp``) in what
+    the pending stages write, and the ``checkpoints/`` of training stages that finished (killed
+    between ``model.json`` and deleting them). Nothing else: finished teacher shards are kept to
+    be reused."""
+    if not run.root.is_dir():
+        return
+    leftovers: list[Path] = list(run.root.glob(".config.yaml.*.tmp"))
+    for stage in pending:
+        for output in stage.outputs:
+            path = run.root / output
+            leftovers += path.parent.glob(f".{path.name}.*.tmp")
+            if path.is_dir():
+                leftovers += path.rglob(".*.tmp")
+                leftovers += path.rglob("checkpoints/last.ckpt.tmp")
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    for stage in everything:
+        if stage.trains and run.is_done(stage.name):
+            for output in stage.outputs:
+                shutil.rmtree(run.root / output / "checkpoints", ignore_errors=True)
+    if leftovers:
+        log.debug("removed %d temporary file(s) of a killed attempt", len(leftovers))
 
 
 def _check_inputs(run: RunDir, everything: list[Stage], pending: list[Stage]) -> None:
@@ -180,32 +209,73 @@ def _run_in_processes(context: StageContext, group: list[Stage]) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
     root = str(context.run.root)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {
-            pool.submit(_student_worker, root, name, threads, os.getpid()): stage
-            for name, stage in zip(names, group, strict=True)
-        }
-        for future in as_completed(futures):
-            seconds = future.result()  # re-raises a worker's error here
-            log.info("[%s] done (%.1f s)", futures[future].name, seconds)
+        try:
+            with _sigint_blocked():  # the workers start with it blocked: Ctrl-C is ours alone
+                futures = {
+                    pool.submit(_student_worker, root, name, threads, os.getpid()): stage
+                    for name, stage in zip(names, group, strict=True)
+                }
+            for future in as_completed(futures):
+                seconds = future.result()  # re-raises a worker's error here
+                log.info("[%s] done (%.1f s)", futures[future].name, seconds)
+        except KeyboardInterrupt:
+            # SIGTERM: a training worker unwinds (a write in progress deletes its temporary
+            # file) and exits, an idle one exits; no student starts any more.
+            for process in list((pool._processes or {}).values()):
+                process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Inside, SIGINT waits (it is delivered on the way out). A process started inside inherits
+    it blocked (a signal mask survives exec): a worker never dies of Ctrl-C half-way through its
+    imports with a traceback; the parent stops it (see ``_run_in_processes``)."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _Stopped(BaseException):
+    """Raised in a student worker by SIGTERM: its parent is stopping it (Ctrl-C)."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    # once: a second SIGTERM (the pool's own clean-up sends one) must not cut the unwinding short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Stopped
 
 
 def _student_worker(root: str, method: str, threads: int, parent: int) -> float:
     """One student in a worker process. Exits if the parent dies (e.g. SIGKILL), so an orphan
-    never keeps writing checkpoints that a resumed run also writes."""
+    never keeps writing checkpoints that a resumed run also writes; on SIGTERM (the parent
+    stopping it) the training unwinds first, so no temporary file is left."""
     from endd.pipeline.training import train_student
 
     _exit_with_parent(parent)
-    begin = time.perf_counter()
-    torch.set_num_threads(threads)
-    run = RunDir(Path(root))
-    config = run.read_config()
-    if config["trainer"]["accelerator"] == "cpu":
-        from endd.models.allocator import keep_freed_memory
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        begin = time.perf_counter()
+        torch.set_num_threads(threads)
+        run = RunDir(Path(root))
+        config = run.read_config()
+        if config["trainer"]["accelerator"] == "cpu":
+            from endd.models.allocator import keep_freed_memory
 
-        keep_freed_memory()  # this process is ours: see endd.models.allocator
-    data = load_data(config["data"], config["seed"])
-    train_student(run, config, data, method, progress=False)
-    return time.perf_counter() - begin
+            keep_freed_memory()  # this process is ours: see endd.models.allocator
+        data = load_data(config["data"], config["seed"])
+        train_student(run, config, data, method, progress=False)
+        return time.perf_counter() - begin
+    except _Stopped:
+        os._exit(1)  # every write in progress has unwound
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # idle: SIGTERM ends it at once
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -35,13 +35,34 @@ def atomic_path(path: str | Path):
             break
         except FileExistsError:  # a name taken by another writer: draw again
             continue
-    os.close(handle)
+        except OSError as error:  # no space, no permission: name the artifact, not its temporary
+            raise _write_error(error, path, temporary) from error
     try:
+        os.close(handle)
         yield Path(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        raise
+        failed = _write_error(error, path, temporary)
+        if failed is error:
+            raise
+        raise failed from error
+
+
+def _write_error(error: BaseException, path: Path, temporary: Path) -> BaseException:
+    """A failed write of ``path`` (a full disk, a file-size limit, no permission) as an OSError
+    that names ``path``: the writers' errors name no file or the temporary one, and numpy's short
+    writes and safetensors' I/O errors carry no errno. Any other error (one that names another
+    file: an input read while writing) is returned as it is."""
+    if isinstance(error, OSError):
+        if error.filename is not None and str(error.filename) != str(temporary):
+            return error
+        if error.errno is not None and error.strerror:
+            return OSError(error.errno, error.strerror, str(path))
+        return OSError(None, f"could not write it ({error})", str(path))  # numpy: "N requested…"
+    if type(error).__name__ == "SafetensorError" and "I/O error" in str(error):
+        return OSError(None, f"could not write it ({error})", str(path))
+    return error
 
 
 def _write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
