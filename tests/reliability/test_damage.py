@@ -373,6 +373,8 @@ def test_a_fit_killed_between_the_sidecar_and_the_rename_resumes(tmp_path, monke
 
     with monkeypatch.context() as patch:
         patch.setattr(trainer, "os", SimpleNamespace(replace=killed))
+        # a SIGKILL runs no clean-up: the temporary checkpoint stays
+        patch.setattr(AtomicEpochCheckpoint, "on_exception", lambda *args: None)
         with pytest.raises(_Killed):
             _fit(tmp_path, 2)
     sidecar = json.loads((tmp_path / CHECKPOINT_SIDECAR).read_text())
@@ -380,3 +382,14 @@ def test_a_fit_killed_between_the_sidecar_and_the_rename_resumes(tmp_path, monke
     assert sidecar["record"] != file_record(tmp_path / CHECKPOINT_NAME) == sidecar["previous"]
     _fit(tmp_path, 2)
     assert json.loads((tmp_path / CHECKPOINT_SIDECAR).read_text())["epoch"] == 2
+
+
+def test_checkpoints_are_written_in_the_run_directory_not_staged_in_tmpdir(tmp_path, monkeypatch):
+    """Lightning's own checkpoint writer stages the file in the temporary folder first: a fit
+    then needed room there (and a SIGKILL left a checkpoint-sized file in /tmp). endd writes it
+    straight to its temporary name in the run directory: a fit works without any TMPDIR."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such folder"))
+    _fit(tmp_path / "run", 1)
+    assert (tmp_path / "run" / CHECKPOINT_NAME).is_file()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
@@ -76,14 +76,10 @@ class AtomicEpochCheckpoint(Callback):
         # Every rank takes part (the checkpoint is gathered collectively); global rank 0 alone
         # writes the file and renames it, and every rank reads it when a killed run resumes.
         try:
-            trainer.save_checkpoint(temporary)
-        except OSError as error:  # a full disk: say which file (Lightning's error names none)
-            raise OSError(
-                error.errno,
-                f"{error.strerror or error} (writing a checkpoint; Lightning stages it in "
-                f"{tempfile.gettempdir()} first)",
-                str(self.path),
-            ) from error
+            trainer.save_checkpoint(temporary)  # straight there: see DirectCheckpointIO
+        except OSError as error:  # a full disk: say which file (torch.save's error names none)
+            detail = f"{error.strerror or error} (writing a checkpoint)"
+            raise OSError(error.errno, detail, str(self.path)) from error
         if trainer.is_global_zero:
             record = file_record(temporary)
             sidecar = {
@@ -100,6 +96,23 @@ class AtomicEpochCheckpoint(Callback):
         """A fit stopped by Ctrl-C or an error leaves no temporary checkpoint behind."""
         if trainer.is_global_zero:
             self.path.with_suffix(".ckpt.tmp").unlink(missing_ok=True)
+
+
+class DirectCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, minus its staging: ``TorchCheckpointIO`` writes through an
+    fsspec transaction that stages the file in the temporary folder (``TMPDIR``) and then moves
+    it, so a checkpoint needed room in ``/tmp`` (a small ``/tmp`` failed training although the
+    run directory had space) and a SIGKILL left a checkpoint-sized ``/tmp/tmpXXXXXXXX``. Here the
+    checkpoint is written straight to the path :class:`AtomicEpochCheckpoint` gives it, a
+    temporary name in the run directory that it then renames into place. Loading is
+    Lightning's, with ``weights_only=True``."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            torch.save(checkpoint, handle)
 
 
 def checkpoint_rebuild_hint(checkpoint_dir: Path) -> str:
@@ -289,6 +302,7 @@ def fit(
             limit_val_batches=0,
             callbacks=callbacks,
             default_root_dir=str(checkpoint_dir),
+            plugins=[DirectCheckpointIO()],
             **distributed,
             **features,
         )
