@@ -139,6 +139,7 @@ def test_kind_defaults():
         "augment": False,
         "channels": None,
         "size": None,
+        "cache": None,
     }
 
 

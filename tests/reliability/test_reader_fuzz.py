@@ -21,9 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import endd.data.images.cache as image_cache
 from endd.data.arrays import load_npz
 from endd.data.images import (
     CorruptDatasetError,
+    SetCache,
     load_svhn,
     load_unlabelled_folder,
     read_cifar_binary,
@@ -34,6 +36,8 @@ from endd.data.images import (
     write_image_file,
     write_svhn_mat,
 )
+from endd.data.images.cifar import open_cifar_binary
+from endd.data.images.idx import open_idx_dataset
 from endd.data.ondisk import NpyRows
 from endd.errors import DataError
 from endd.pipeline.teacher import _checked_logits
@@ -111,6 +115,45 @@ def test_idx(data):
         assert isinstance(values, np.ndarray) and values.ndim >= 1
 
 
+_IDX_IMAGES = _valid_bytes(
+    lambda p: write_idx(p, np.arange(3 * 5 * 4, dtype=np.uint8).reshape(3, 5, 4)), "-ubyte"
+)
+_IDX_LABELS = _valid_bytes(lambda p: write_idx(p, np.array([1, 2, 0], np.uint8)), "-ubyte")
+
+
+@FUZZ
+@given(data=st.one_of(damaged(_IDX_IMAGES), damaged(gzip.compress(_IDX_IMAGES))))
+def test_idx_split_read_in_place_or_decompressed_in_chunks(data):
+    folder = _fresh("").parent
+    (folder / "train-images-idx3-ubyte").write_bytes(data)  # gzip or not: decided by content
+    (folder / "train-labels-idx1-ubyte").write_bytes(_IDX_LABELS)
+    opened = _expect(lambda: open_idx_dataset(folder, "train", cache=SetCache(None)), DataError)
+    if opened is not None:
+        arrays = _expect(opened.arrays, DataError)
+        if arrays is not None:
+            assert arrays.images.shape[0] == 3 and arrays.images.shape[1] == 1
+
+
+@FUZZ
+@given(data=damaged(_IDX_IMAGES), part=st.sampled_from(["images", "sidecar"]))
+def test_damaged_image_cache_entry_is_rebuilt(data, part):
+    folder = _fresh("").parent
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(_IDX_IMAGES))
+    (folder / "train-labels-idx1-ubyte").write_bytes(_IDX_LABELS)
+    cache = SetCache(folder / "cache")
+    saved, image_cache.IN_MEMORY_BYTES = image_cache.IN_MEMORY_BYTES, 0
+    try:
+        first = open_idx_dataset(folder, "train", cache=cache).arrays()
+        entry = next(
+            (folder / "cache" / "images").glob(f"*.{'json' if part == 'sidecar' else 'images.npy'}")
+        )
+        entry.write_bytes(data)
+        again = open_idx_dataset(folder, "train", cache=cache).arrays()
+    finally:
+        image_cache.IN_MEMORY_BYTES = saved
+    np.testing.assert_array_equal(again.images, first.images)
+
+
 # ---- CIFAR binary ----------------------------------------------------------------------------
 def _cifar(path: Path) -> None:
     images = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
@@ -132,6 +175,21 @@ def test_cifar_binary(data):
     if arrays is not None:
         assert arrays.images.shape[1:] == (3, 32, 32)
         assert arrays.labels.min() >= 0 and arrays.labels.max() < 10
+
+
+@FUZZ
+@given(data=damaged(_CIFAR))
+def test_cifar_binary_read_in_place(data):
+    path = _fresh(".bin")
+    path.write_bytes(data)
+    opened = _expect(
+        lambda: open_cifar_binary(path, label_bytes=1, label_index=0, num_classes=10),
+        CorruptDatasetError,
+    )
+    if opened is not None:
+        rows, labels = opened
+        assert rows.read(0, len(rows)).shape == (len(labels), 3, 32, 32)
+        assert labels.min() >= 0 and labels.max() < 10
 
 
 # ---- SVHN .mat -------------------------------------------------------------------------------
@@ -375,3 +433,13 @@ def test_idx_header_with_an_enormous_shape():
     path = _fresh("-ubyte")
     path.write_bytes(bytes([0, 0, 0x08, 3]) + dims + bytes(64))
     assert _expect(lambda: read_idx(path), CorruptDatasetError) is None
+
+
+def test_gzip_idx_header_with_an_enormous_shape():
+    folder = _fresh("").parent
+    dims = np.array([3, 2**32 - 1, 2**32 - 1], dtype=">u4").tobytes()
+    image_file = folder / "train-images-idx3-ubyte.gz"
+    image_file.write_bytes(gzip.compress(bytes([0, 0, 0x08, 3]) + dims + bytes(64)))
+    (folder / "train-labels-idx1-ubyte").write_bytes(_IDX_LABELS)
+    opened = _expect(lambda: open_idx_dataset(folder, "train", cache=SetCache(None)), DataError)
+    assert opened is None

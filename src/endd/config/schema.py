@@ -244,6 +244,11 @@ class ImageData(_SetsData):
     size: OptionalPositiveInt = Field(
         None, description="resize to this side in pixels (null = native)"
     )
+    cache: str | None = Field(
+        None,
+        description="folder where image sets that cannot be read in place are prepared once "
+        "(null = $XDG_CACHE_HOME/endd, else ~/.cache/endd)",
+    )
 
     @model_validator(mode="after")
     def _sets_are_usable(self) -> ImageData:

@@ -1,4 +1,5 @@
-"""Datasets as :class:`DataBundle`: standardised tensors per split, by name from the config."""
+"""Datasets as :class:`DataBundle`: standardised splits (tensors, or rows read from disk a batch
+at a time), by name from the config."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The one shape every dataset takes inside a run: tensors per split, standardised."""
+"""The one shape every dataset takes inside a run: standardised splits, each a tensor or rows
+read from disk a batch at a time (:class:`~endd.data.ondisk.StandardisedRows`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from torch import Tensor
 
 @dataclass
 class DataBundle:
-    """In-memory splits of one dataset, already standardised with training statistics.
+    """The splits of one dataset, standardised with training statistics.
+
+    An input split is a float32 tensor, or a :class:`~endd.data.ondisk.StandardisedRows` that
+    reads and standardises the rows a batch asks for (the ``.npy``-folder form and image
+    datasets): use only ``len``, ``shape``, ``[i]``, ``[a:b]`` and ``[index_tensor]`` on it
+    (``x[:]`` reads a whole split). Labels are always tensors in memory.
 
     Attributes:
         name: dataset name as in the config.
@@ -71,7 +77,10 @@ class DataBundle:
         return raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw
 
     def to_raw(self, x: Tensor) -> Tensor:
-        """Undo the standardisation (for plots in the data's own coordinates)."""
+        """Undo the standardisation (for plots in the data's own coordinates); a split read
+        from disk (:class:`~endd.data.ondisk.StandardisedRows`) is read whole first."""
+        if not isinstance(x, Tensor):
+            x = x[:]
         if self.mean is None or self.std is None:
             return x
         return x * self.std + self.mean

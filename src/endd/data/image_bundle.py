@@ -22,6 +22,13 @@ Which images each set comes from, and why:
 The auxiliary set must not share a source with any OOD set (``lsun_crop`` and ``lsun_resize`` are
 both LSUN; ``tim_crop``, ``tim_resize`` and ``tinyimagenet`` are all TinyImageNet) nor with the
 in-domain data: OOD detection scored on images drawn from the distillation data would be optimistic.
+
+No set is read whole into memory: each split is an :class:`~endd.data.images.ImageSet` whose
+images stay on disk (read in place, or prepared once into the image cache ``data.cache``, see
+:mod:`endd.data.images.cache`), subsets are index lists over it, the training statistics are
+accumulated a chunk at a time, and every split of the bundle is a
+:class:`~endd.data.ondisk.StandardisedRows` that converts, scales and standardises each batch as
+it is read, with the same float32 operations in the same order as a whole split would be.
 """
 
 from __future__ import annotations
@@ -39,17 +46,22 @@ from endd.data.augment import random_crop_flip
 from endd.data.bundle import DataBundle
 from endd.data.images import (
     IMAGE_DATASETS,
-    ImageArrays,
+    ImageSet,
+    SetCache,
     channel_mean_std,
-    load_image_dataset,
+    open_image_set,
+    subset,
 )
-from endd.data.shifts import SHIFTS, make_shift
+from endd.data.images.cache import default_cache_folder
+from endd.data.ondisk import Rows, StandardisedRows
+from endd.data.shifts import SHIFTS, shift_chunks
 from endd.errors import ConfigError, DataError
 
 __all__ = [
     "IN_DOMAIN_DATASETS",
     "BatchSeededCropFlip",
     "check_image_data",
+    "image_cache",
     "image_set_source",
     "load_image_bundle",
     "required_datasets",
@@ -165,11 +177,10 @@ def _subset(n_available: int, wanted: int | None, *key: int) -> np.ndarray | Non
     return np.sort(rng.choice(n_available, size=wanted, replace=False))
 
 
-def _take(arrays: ImageArrays, index: np.ndarray | None) -> ImageArrays:
-    if index is None:
-        return arrays
-    labels = None if arrays.labels is None else arrays.labels[index]
-    return ImageArrays(arrays.images[index], labels, arrays.class_names)
+def image_cache(data: dict[str, Any]) -> SetCache:
+    """The image cache ``data.cache`` names (null: ``$XDG_CACHE_HOME/endd``)."""
+    folder = data.get("cache")
+    return SetCache(Path(folder).expanduser() if folder else default_cache_folder())
 
 
 def _root(data: dict[str, Any], name: str) -> Path | None:
@@ -183,40 +194,48 @@ def _root(data: dict[str, Any], name: str) -> Path | None:
 
 
 def _read(
-    name: str, data: dict[str, Any], split: str, *, channels: int | None, size: Any
-) -> ImageArrays:
+    name: str,
+    data: dict[str, Any],
+    split: str,
+    *,
+    channels: int | None,
+    size: Any,
+    cache: SetCache,
+) -> ImageSet:
     try:
-        return load_image_dataset(name, _root(data, name), split, channels=channels, size=size)
+        return open_image_set(
+            name, _root(data, name), split, channels=channels, size=size, cache=cache
+        )
     except ValueError as err:  # DataError is a ValueError too; keep the readers' own messages
         if isinstance(err, DataError):
             raise
         raise DataError(f"cannot read {IMAGE_DATASETS[name].title}: {err}") from None
 
 
-def _in_domain(data: dict[str, Any]) -> tuple[ImageArrays, ImageArrays, int]:
+def _in_domain(data: dict[str, Any], cache: SetCache) -> tuple[ImageSet, ImageSet, int]:
     """Full train and test splits (converted to ``data.channels`` / ``data.size``) and K."""
     name = data["name"]
     info = IMAGE_DATASETS[name]
-    convert = {"channels": data.get("channels"), "size": data.get("size")}
+    convert = {"channels": data.get("channels"), "size": data.get("size"), "cache": cache}
     if name == "digits":  # one split: hold out a fixed part as the test set
         everything = _read(name, data, "all", **convert)
         order = np.random.default_rng(_EVALUATION_SEED).permutation(len(everything))
         n_test = round(DIGITS_TEST_FRACTION * len(everything))
-        train = _take(everything, np.sort(order[n_test:]))
-        test = _take(everything, np.sort(order[:n_test]))
+        train = subset(everything, np.sort(order[n_test:]))
+        test = subset(everything, np.sort(order[:n_test]))
     else:
         train = _read(name, data, "train", **convert)
         test = _read(name, data, "val" if name == "tinyimagenet" else "test", **convert)
     num_classes = info.num_classes
     if name == "tinyimagenet" and train.class_names:
         num_classes = len(train.class_names)  # the wnids the folder lists
-    for split, arrays in (("train", train), ("test", test)):
-        if arrays.labels is None or len(arrays) == 0:
+    for split, images in (("train", train), ("test", test)):
+        if images.labels is None or len(images) == 0:
             raise DataError(f"{info.title} {split} split holds no labelled images")
-        if arrays.labels.min() < 0 or arrays.labels.max() >= num_classes:
+        if images.labels.min() < 0 or images.labels.max() >= num_classes:
             raise DataError(
                 f"{info.title} {split} labels must lie in 0..{num_classes - 1}, got "
-                f"{arrays.labels.min()}..{arrays.labels.max()}"
+                f"{images.labels.min()}..{images.labels.max()}"
             )
     return train, test, num_classes
 
@@ -227,10 +246,12 @@ def _image_set(
     *,
     role: str,
     size: int,
-    reference: np.ndarray,
+    reference: ImageSet,
     seed: int,
-) -> np.ndarray:
-    """``size`` images (uint8, or float in [0, 1] for shifts) shaped like ``reference``.
+    cache: SetCache,
+) -> tuple[Rows, int | None]:
+    """``size`` images (uint8, or float32 in [0, 1] for shifts) shaped like ``reference``, and
+    their channel stride (see :class:`~endd.data.images.ImageSet`).
 
     Args:
         role: "ood" (evaluation: test splits) or "aux" (training: train splits).
@@ -238,24 +259,26 @@ def _image_set(
     """
     key = _key(f"{role}:{name}")
     if name in SHIFTS:
-        state = np.random.SeedSequence([seed, key]).generate_state(1)[0]
-        return make_shift(name, reference, size, int(state))
+        state = int(np.random.SeedSequence([seed, key]).generate_state(1)[0])
+        shape = (size, *reference.rows.shape[1:])
+        definition = {"shift": name, "n": size, "seed": state, "of": reference.definition}
+
+        def chunks():
+            return shift_chunks(name, reference.rows, size, state)
+
+        def build():
+            return {"images": (shape, np.dtype(np.float32), chunks)}
+
+        return cache.prepare(f"{role}-{name}", definition, reference.stamp, build)["images"], None
     info = IMAGE_DATASETS[name]
     splits = info.splits
     split = "train" if role == "aux" and "train" in splits else None  # None: the test split
-    channels, height, width = reference.shape[1:]
-    arrays = _read(name, data, split, channels=channels, size=(height, width))
-    if len(arrays) < size:
-        log.info("%s has %d images, fewer than data.%s_size=%d", name, len(arrays), role, size)
-    return _take(arrays, _subset(len(arrays), size, seed, key)).images
-
-
-def _standardised(images: np.ndarray, mean: Tensor, std: Tensor) -> Tensor:
-    """uint8 (scaled by 1/255) or float [0, 1] images -> float32 (x − mean) / std, one copy."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
-    if images.dtype == np.uint8:
-        x.div_(255.0)
-    return x.sub_(mean).div_(std)
+    channels, height, width = reference.rows.shape[1:]
+    images = _read(name, data, split, channels=channels, size=(height, width), cache=cache)
+    if len(images) < size:
+        log.info("%s has %d images, fewer than data.%s_size=%d", name, len(images), role, size)
+    drawn = subset(images, _subset(len(images), size, seed, key))
+    return drawn.rows, drawn.channel_stride
 
 
 def load_image_bundle(data: dict[str, Any], seed: int) -> DataBundle:
@@ -266,69 +289,87 @@ def load_image_bundle(data: dict[str, Any], seed: int) -> DataBundle:
             location, which only ``fashion_mnist`` (Debian package) and ``digits`` (scikit-learn)
             have), ``channels`` / ``size`` (convert the in-domain images; None = native),
             ``train_size`` / ``test_size`` (None = the whole split), ``ood`` and ``ood_size``,
-            ``aux`` and ``aux_size``.
+            ``aux`` and ``aux_size``, ``cache`` (where sets are prepared; None = the default).
         seed: draws the training subset and the auxiliary set; test and OOD sets do not depend
             on it.
 
     Returns:
-        DataBundle with images float32 [N, C, H, W] standardised per channel with the training
-        subset's statistics; ``mean``/``std`` [C, 1, 1] on the [0, 1] scale; ``grid`` None.
+        DataBundle whose splits are :class:`~endd.data.ondisk.StandardisedRows` over images on
+        disk: float32 [N, C, H, W] standardised per channel with the training subset's
+        statistics, a batch at a time; ``mean``/``std`` [C, 1, 1] on the [0, 1] scale; ``grid``
+        None; ``raw`` the same rows unstandardised (uint8 / 255, or the shifts' floats).
 
     Raises:
         ConfigError: invalid set names (see :func:`check_image_data`).
-        DataError: missing or corrupt files (the message says what to download and where).
+        DataError: missing or corrupt files (the message says what to download and where), or
+            an image cache that cannot be written.
     """
     check_image_data(data)
     name = data["name"]
-    train_full, test_full, num_classes = _in_domain(data)
-    train = _take(train_full, _subset(len(train_full), data.get("train_size"), seed, _key("train")))
-    test = _take(
+    cache = image_cache(data)
+    train_full, test_full, num_classes = _in_domain(data, cache)
+    train = subset(
+        train_full, _subset(len(train_full), data.get("train_size"), seed, _key("train"))
+    )
+    test = subset(
         test_full, _subset(len(test_full), data.get("test_size"), _EVALUATION_SEED, _key("test"))
     )
     present = np.unique(train.labels)
     if len(present) < 2:
         raise DataError(f"the training subset of {name} holds only {len(present)} class(es)")
 
-    mean_np, std_np = channel_mean_std(train.images)
+    mean_np, std_np = channel_mean_std(train.rows)
     mean = torch.from_numpy(mean_np).view(-1, 1, 1)
     std = torch.from_numpy(np.where(std_np > 0, std_np, np.float32(1.0))).view(-1, 1, 1)
 
     # the images as read (uint8, or float in [0, 1] for shifts): a user's own models' inputs
-    raw = {"train": train.images, "test": test.images}
+    sets: dict[str, tuple[Rows, int | None]] = {
+        "train": (train.rows, train.channel_stride),
+        "test": (test.rows, test.channel_stride),
+    }
     for ood_name in data["ood"]:
-        raw[f"ood_{ood_name}"] = _image_set(
+        sets[f"ood_{ood_name}"] = _image_set(
             ood_name,
             data,
             role="ood",
             size=data["ood_size"],
-            reference=test_full.images,
+            reference=test_full,
             seed=_EVALUATION_SEED,
+            cache=cache,
         )
-    ood = {name: _standardised(raw[f"ood_{name}"], mean, std) for name in data["ood"]}
-    x_aux = None
     if data["aux"] is not None:
-        raw["aux"] = _image_set(
+        sets["aux"] = _image_set(
             data["aux"],
             data,
             role="aux",
             size=data["aux_size"],
-            reference=train_full.images,
+            reference=train_full,
             seed=seed,
+            cache=cache,
         )
-        x_aux = _standardised(raw["aux"], mean, std)
+    lazy = {
+        split: StandardisedRows(
+            rows,
+            mean,
+            std,
+            divide=255.0 if rows.dtype == np.uint8 else None,
+            channel_stride=channel_stride,
+        )
+        for split, (rows, channel_stride) in sets.items()
+    }
     return DataBundle(
         name=name,
         num_classes=num_classes,
-        x_train=_standardised(train.images, mean, std),
+        x_train=lazy["train"],
         y_train=torch.from_numpy(train.labels),
-        x_test=_standardised(test.images, mean, std),
+        x_test=lazy["test"],
         y_test=torch.from_numpy(test.labels),
-        x_aux=x_aux,
-        ood=ood,
+        x_aux=lazy.get("aux"),
+        ood={ood_name: lazy[f"ood_{ood_name}"] for ood_name in data["ood"]},
         grid=None,
         mean=mean,
         std=std,
-        raw={name: torch.from_numpy(np.ascontiguousarray(x)) for name, x in raw.items()},
+        raw={split: rows.raw() for split, rows in lazy.items()},
     )
 
 

@@ -2,6 +2,9 @@
 
 Every reader returns :class:`ImageArrays`: uint8 ``images`` [N, C, H, W] and int64 ``labels`` [N]
 (None for unlabelled sets). :func:`load_image_dataset` reads any of them by the name a config uses.
+:func:`open_image_set` opens the same split without reading its images into memory: an
+:class:`ImageSet` whose rows are read from disk a batch at a time (in place for uncompressed IDX
+and CIFAR binaries, from a one-time conversion in the image cache otherwise).
 """
 
 from __future__ import annotations
@@ -10,7 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from endd.data.images.cifar import load_cifar10, load_cifar100, read_cifar_binary
+from endd.data.images.cache import SetCache
+from endd.data.images.cifar import (
+    load_cifar10,
+    load_cifar100,
+    open_cifar10,
+    open_cifar100,
+    read_cifar_binary,
+)
 from endd.data.images.common import (
     CorruptDatasetError,
     DatasetNotFoundError,
@@ -24,6 +34,8 @@ from endd.data.images.folder import (
     load_ood_folder,
     load_tinyimagenet,
     load_unlabelled_folder,
+    open_ood_folder,
+    open_tinyimagenet,
     read_image,
 )
 from endd.data.images.idx import (
@@ -31,9 +43,13 @@ from endd.data.images.idx import (
     load_idx_dataset,
     load_kmnist,
     load_mnist,
+    open_fashion_mnist,
+    open_kmnist,
+    open_mnist,
     read_idx,
 )
-from endd.data.images.svhn import load_svhn
+from endd.data.images.sets import ImageSet, conformed, in_memory_set, subset
+from endd.data.images.svhn import load_svhn, open_svhn
 from endd.data.images.transforms import (
     channel_mean_std,
     conform_images,
@@ -58,6 +74,8 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageArrays",
     "ImageDatasetInfo",
+    "ImageSet",
+    "SetCache",
     "channel_mean_std",
     "conform_images",
     "convert_channels",
@@ -75,10 +93,12 @@ __all__ = [
     "load_tinyimagenet",
     "load_unlabelled_folder",
     "normalise",
+    "open_image_set",
     "read_cifar_binary",
     "read_idx",
     "read_image",
     "resize_images",
+    "subset",
     "to_float",
     "write_cifar_binary",
     "write_fake_dataset",
@@ -141,6 +161,74 @@ _READERS: dict[str, Callable[[Path | None, str], ImageArrays]] = {
 }
 
 
+#: Readers that leave the images on disk (see :func:`open_image_set`); a dataset with only a
+#: reader in ``_READERS`` is read whole into memory.
+_OPENERS: dict[str, Callable[[Path | None, str, SetCache], ImageSet]] = {
+    "mnist": lambda root, split, cache: open_mnist(root, split, cache=cache),
+    "fashion_mnist": lambda root, split, cache: open_fashion_mnist(root, split, cache=cache),
+    "kmnist": lambda root, split, cache: open_kmnist(root, split, cache=cache),
+    "cifar10": lambda root, split, cache: open_cifar10(root, split),
+    "cifar100": lambda root, split, cache: open_cifar100(root, split),
+    "svhn": lambda root, split, cache: open_svhn(root, split, cache=cache),
+}
+
+
+def open_image_set(
+    name: str,
+    root: str | Path | None = None,
+    split: str | None = None,
+    *,
+    channels: int | None = None,
+    size: int | tuple[int, int] | None = None,
+    cache: SetCache | None = None,
+) -> ImageSet:
+    """:func:`load_image_dataset`'s split, its images left on disk and read a batch at a time.
+
+    Uncompressed IDX files and CIFAR binaries are read in place; gzip-compressed IDX files, SVHN
+    ``.mat`` files, folders of image files and any conversion to ``channels`` / ``size`` are
+    prepared once, a chunk at a time, into ``cache`` (see :mod:`endd.data.images.cache`; None:
+    in memory). The pixels are bit for bit those :func:`load_image_dataset` returns.
+
+    Args:
+        name, root, split, channels, size: as in :func:`load_image_dataset`.
+        cache: where prepared sets are kept.
+
+    Returns:
+        ImageSet with rows uint8 [N, C, H, W] and labels int64 [N] (None for unlabelled sets).
+    """
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
+    info = IMAGE_DATASETS[name]
+    if split is None:
+        split = "val" if name == "tinyimagenet" else "test" if "test" in info.splits else "all"
+    check_split(split, info.splits)
+    if root is None and info.needs_root:
+        raise ValueError(f"{info.title} needs a data root (where `endd data download` put it)")
+    root_path = None if root is None else Path(root).expanduser()
+    cache = cache or SetCache(None)
+    if name in OOD_FOLDERS:  # crops and resizes come in mixed sizes: always read at one size
+        images = open_ood_folder(
+            name,
+            root_path,
+            cache=cache,
+            size=size or info.size,
+            channels=channels or info.channels,
+        )
+    elif name == "tinyimagenet":
+        images = open_tinyimagenet(
+            root_path, split, cache=cache, size=size, channels=channels or info.channels
+        )
+    elif name in _OPENERS:
+        images = _OPENERS[name](root_path, split, cache)
+    else:
+        arrays = _READERS[name](root_path, split)
+        root_text = None if root_path is None else str(root_path.resolve())
+        images = in_memory_set(arrays, {"dataset": name, "split": split, "root": root_text})
+    if channels is not None or size is not None:
+        images = conformed(images, channels, size, cache, f"{name}-{split}")
+    return images
+
+
 def load_image_dataset(
     name: str,
     root: str | Path | None = None,
@@ -164,26 +252,4 @@ def load_image_dataset(
     Returns:
         ImageArrays with images uint8 [N, C, H, W].
     """
-    if name not in IMAGE_DATASETS:
-        raise ValueError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
-    info = IMAGE_DATASETS[name]
-    if split is None:
-        split = "val" if name == "tinyimagenet" else "test" if "test" in info.splits else "all"
-    check_split(split, info.splits)
-    if root is None and info.needs_root:
-        raise ValueError(f"{info.title} needs a data root (where `endd data download` put it)")
-    root_path = None if root is None else Path(root).expanduser()
-    if name in OOD_FOLDERS:  # crops and resizes come in mixed sizes: always read at one size
-        arrays = load_ood_folder(
-            name, root_path, size=size or info.size, channels=channels or info.channels
-        )
-    elif name == "tinyimagenet":
-        arrays = load_tinyimagenet(root_path, split, size=size, channels=channels or info.channels)
-    else:
-        arrays = _READERS[name](root_path, split)
-    if channels is not None or size is not None:
-        images = conform_images(
-            arrays.images, channels or arrays.images.shape[1], size or arrays.images.shape[2:]
-        )
-        arrays = ImageArrays(images, arrays.labels, arrays.class_names)
-    return arrays
+    return open_image_set(name, root, split, channels=channels, size=size).arrays()

@@ -2,6 +2,12 @@
 
 ``{split}_32x32.mat`` holds ``X`` uint8 [32, 32, 3, N] and ``y`` [N, 1] with labels 1..10, where
 10 stands for the digit 0.
+
+scipy reads a ``.mat`` variable whole (SVHN's are zlib-compressed MATLAB 5 variables, which it
+decompresses in one piece), so :func:`open_svhn` converts a split once, in memory, into the image
+cache (:mod:`endd.data.images.cache`); every later run reads the cached ``.npy`` a batch at a
+time. That one conversion holds the split in memory twice (the ``.mat`` layout and the [N, C, H,
+W] copy): 450 MB for train, 3.3 GB for extra.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from endd.data.images.cache import SetCache, stamp_of
 from endd.data.images.common import (
     CorruptDatasetError,
     ImageArrays,
@@ -20,6 +27,7 @@ from endd.data.images.common import (
     locate,
     not_found,
 )
+from endd.data.images.sets import ImageSet
 
 SVHN_SPLITS = ("train", "test", "extra")
 SVHN_FOLDER = "svhn"
@@ -92,12 +100,7 @@ def load_svhn(root: str | Path, split: str = "train") -> ImageArrays:
         DatasetNotFoundError: the .mat file is missing.
         CorruptDatasetError: it cannot be parsed or lacks ``X``/``y`` of the documented shapes.
     """
-    check_split(split, SVHN_SPLITS)
-    name = f"{split}_32x32.mat"
-    directory = locate(root, SVHN_FOLDER, name)
-    if directory is None:
-        raise not_found("SVHN", "svhn", Path(root), SVHN_FOLDER, [name])
-    path = directory / name
+    path = _svhn_file(root, split)
     _check_mat_structure(path)
     try:
         contents = scipy.io.loadmat(path, variable_names=("X", "y"))
@@ -119,3 +122,36 @@ def load_svhn(root: str | Path, split: str = "train") -> ImageArrays:
         )
     images = np.ascontiguousarray(pixels.transpose(3, 2, 0, 1))  # [H, W, C, N] -> [N, C, H, W]
     return ImageArrays(images, labels % 10, SVHN_CLASSES)
+
+
+def _svhn_file(root: str | Path, split: str) -> Path:
+    check_split(split, SVHN_SPLITS)
+    name = f"{split}_32x32.mat"
+    directory = locate(root, SVHN_FOLDER, name)
+    if directory is None:
+        raise not_found("SVHN", "svhn", Path(root), SVHN_FOLDER, [name])
+    return directory / name
+
+
+def open_svhn(root: str | Path, split: str = "train", *, cache: SetCache) -> ImageSet:
+    """:func:`load_svhn`'s split, converted once into ``cache`` (images and labels) and read
+    from there a batch at a time."""
+    path = _svhn_file(root, split)
+    definition = {"format": "svhn", "file": str(path.resolve())}
+
+    def build():
+        arrays = load_svhn(root, split)
+        images, labels = arrays.images, arrays.labels
+
+        def chunks():
+            return (images[i : i + 8192] for i in range(0, len(images), 8192))
+
+        return {
+            "images": (images.shape, np.dtype(np.uint8), chunks),
+            "labels": (labels.shape, np.dtype(np.int64), lambda: [labels]),
+        }
+
+    stamp = stamp_of([path])
+    parts = cache.prepare(f"svhn-{split}", definition, stamp, build)
+    labels = parts["labels"].read(0, len(parts["labels"]))
+    return ImageSet(parts["images"], labels, SVHN_CLASSES, definition, stamp)

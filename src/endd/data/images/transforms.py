@@ -3,9 +3,13 @@ normalisation, resizing and channel conversion, so OOD sets match the in-domain 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from endd.data.sums import LEAF_VALUES, pairwise_sum
 
 #: ITU-R BT.601 luma weights, the same grey conversion as PIL's ``convert("L")``.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -29,31 +33,71 @@ def to_float(images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     return images.astype(np.float32) / np.float32(255.0)
 
 
-def channel_mean_std(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def channel_mean_std(images: np.ndarray | Any) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation of a training set, on the [0, 1] scale.
 
-    Accumulates in float64 over chunks, so 50 000 CIFAR images need no 600 MB float copy.
+    Accumulates in float64 over chunks of 4 096 images, each chunk's sums in numpy's order on
+    the whole chunk (see :mod:`endd.data.sums`), but computed from pieces of a few MB: 50 000
+    CIFAR images need no 600 MB float copy, and a chunk no 100 MB one.
 
     Args:
-        images: uint8 [N, C, H, W] (scaled by 1/255) or float [N, C, H, W] (taken as is).
+        images: uint8 [N, C, H, W] (scaled by 1/255) or float [N, C, H, W] (taken as is): an
+            array, or rows on disk (:mod:`endd.data.ondisk`), read a piece at a time.
 
     Returns:
         mean [C] and std [C] (population std), float32.
     """
-    _check_images(images)
-    if len(images) == 0:
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise ValueError(f"images must be [N, C, H, W], got shape {shape}")
+    if shape[0] == 0:
         raise ValueError("images is empty; statistics need at least one image")
     scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
-    channels = images.shape[1]
+    read = images.read if hasattr(images, "read") else lambda a, b: images[a:b]
+    channels, plane = shape[1], shape[2] * shape[3]
     total, total_sq = np.zeros(channels), np.zeros(channels)
-    for start in range(0, len(images), _CHUNK):
-        chunk = np.asarray(images[start : start + _CHUNK], dtype=np.float64) * scale
-        total += chunk.sum(axis=(0, 2, 3))
-        total_sq += np.square(chunk).sum(axis=(0, 2, 3))
-    count = len(images) * images.shape[2] * images.shape[3]
+    for start in range(0, shape[0], _CHUNK):
+        stop = min(shape[0], start + _CHUNK)
+        chunk_sum, chunk_sq = _chunk_sums(read, start, stop, scale, channels, plane)
+        total += chunk_sum
+        total_sq += chunk_sq
+    count = shape[0] * shape[2] * shape[3]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _chunk_sums(
+    read: Any, start: int, stop: int, scale: float, channels: int, plane: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``x.sum(axis=(0, 2, 3))`` and ``np.square(x).sum(axis=(0, 2, 3))`` of the float64 chunk
+    ``x = images[start:stop] * scale``, equal bit for bit, from pieces of :data:`LEAF_VALUES`.
+
+    numpy sums one channel's chunk as one contiguous run (pairwise), and several channels as
+    each image's plane (pairwise) added in image order."""
+    per_image = channels * plane
+    if channels == 1:
+
+        def values(first: int, last: int, square: bool) -> np.ndarray:
+            low, high = first // per_image, -(-last // per_image)
+            flat = np.asarray(read(start + low, start + high), dtype=np.float64).reshape(-1)
+            flat = flat[first - low * per_image : last - low * per_image] * scale
+            return np.square(flat) if square else flat
+
+        count = (stop - start) * per_image
+        total = pairwise_sum(lambda a, b: values(a, b, False), 0, count, LEAF_VALUES)
+        squares = pairwise_sum(lambda a, b: values(a, b, True), 0, count, LEAF_VALUES)
+        return np.array([total]), np.array([squares])
+    step = max(1, LEAF_VALUES // per_image)
+    total, squares = np.zeros(channels), np.zeros(channels)
+    for first in range(start, stop, step):
+        x = np.asarray(read(first, min(stop, first + step)), dtype=np.float64) * scale
+        x = x.reshape(len(x), channels, plane)
+        for row in np.add.reduce(x, axis=2):
+            total = total + row
+        for row in np.add.reduce(np.square(x), axis=2):
+            squares = squares + row
+    return total, squares
 
 
 def normalise(
