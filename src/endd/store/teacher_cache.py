@@ -6,10 +6,10 @@ memory map, whose touched pages would stay in the resident set) and returns them
 a student's memory holds one batch of the cache. Several files (the training split, then the
 auxiliary one) read as one array of their rows in order.
 
-A cache of at most :data:`HOLD_IN_MEMORY_BYTES` is read into memory once instead (as stored,
-float16 or float32): a random batch of short rows costs one system call per row from disk,
-5-160× the time of indexing memory for K ≤ 100 (benchmarks/bench_teacher_cache.py), while a
-small cache costs little memory. Both give the same numbers, bit for bit.
+A cache of at most :data:`HOLD_IN_MEMORY_BYTES` (64 MiB) is read into memory once instead (as
+stored, float16 or float32): a random batch of short rows costs one system call per row from
+disk, 5-160× the time of indexing memory for K ≤ 100 (benchmarks/bench_teacher_cache.py), while
+a small cache costs little memory. Both give the same numbers, bit for bit.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from endd.data.ondisk import NpyRows
+from endd.data.ondisk import ArrayRows, ConcatRows, NpyRows, Rows
 
 __all__ = ["HOLD_IN_MEMORY_BYTES", "TeacherRows"]
 
 #: Caches up to this size (all files together, as stored) are held in memory; larger ones are
-#: read a batch of rows at a time.
-HOLD_IN_MEMORY_BYTES = 1 << 30
+#: read a batch of rows at a time. The image sets' threshold too
+#: (``endd.data.images.cache``): a run's memory stays flat from there on as N grows.
+HOLD_IN_MEMORY_BYTES = 64 << 20
 
 
 class TeacherRows:
@@ -48,21 +49,21 @@ class TeacherRows:
     def __init__(self, paths: Sequence[str | Path], *, hold_below: int | None = None) -> None:
         if not paths:
             raise ValueError("TeacherRows needs at least one file")
-        self.parts = [NpyRows(p) for p in paths]
-        trailing = {part.shape[1:] for part in self.parts}
-        if len(trailing) != 1:
-            shapes = ", ".join(f"{p.path.name} {list(p.shape)}" for p in self.parts)
-            raise ValueError(f"teacher files must agree but for their rows (M, K): {shapes}")
-        self.offsets = np.cumsum([0, *(len(p) for p in self.parts)])
-        self.shape = torch.Size((int(self.offsets[-1]), *self.parts[0].shape[1:]))
+        parts = [NpyRows(p) for p in paths]
+        if len({(part.shape[1:], part.dtype) for part in parts}) != 1:
+            shapes = ", ".join(f"{p.path.name} {list(p.shape)} {p.dtype}" for p in parts)
+            raise ValueError(f"teacher files must agree but for their rows (M, K, dtype): {shapes}")
+        self.rows: Rows = parts[0] if len(parts) == 1 else ConcatRows(parts)
+        self.shape = torch.Size(self.rows.shape)
         self.dtype = torch.float32
         self.ndim = len(self.shape)
         self.device = torch.device("cpu")
-        stored = sum(len(part) * part.row_bytes for part in self.parts)
+        stored = sum(len(part) * part.row_bytes for part in parts)
         #: the rows as stored, when the cache is small enough to hold (see the module doc)
         self.held: np.ndarray | None = None
         if stored <= (HOLD_IN_MEMORY_BYTES if hold_below is None else hold_below):
-            self.held = np.concatenate([part.read(0, len(part)) for part in self.parts])
+            self.held = self.rows.read(0, len(self.rows))
+            self.rows = ArrayRows(self.held, name=str(parts[0].path))
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -90,34 +91,14 @@ class TeacherRows:
         return self._convert(self._take(np.asarray(index, dtype=np.int64).reshape(-1)))
 
     def _read(self, start: int, stop: int) -> np.ndarray:
-        if self.held is not None:
-            return self.held[start:stop]
-        pieces = []
-        for part, offset in zip(self.parts, self.offsets, strict=False):
-            low, high = max(start, offset), min(stop, offset + len(part))
-            if low < high:
-                pieces.append(part.read(low - offset, high - offset))
-        if not pieces:
-            return np.empty((0, *self.shape[1:]), dtype=self.parts[0].dtype)
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return self.rows.read(start, stop)
 
     def _take(self, rows: np.ndarray) -> np.ndarray:
-        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"row index out of range for {len(self)} teacher rows")
-        if self.held is not None:
-            return self.held[rows]
-        out = np.empty((len(rows), *self.shape[1:]), dtype=self.parts[0].dtype)
-        which = np.searchsorted(self.offsets, rows, side="right") - 1
-        for number, part in enumerate(self.parts):
-            mine = which == number
-            if mine.any():
-                out[mine] = part.take(rows[mine] - self.offsets[number])
-        return out
+        return self.rows.take(rows)
 
     @staticmethod
     def _convert(array: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32)
 
     def __repr__(self) -> str:
-        files = ", ".join(p.path.name for p in self.parts)
-        return f"TeacherRows({files}, shape={list(self.shape)})"
+        return f"TeacherRows({self.rows!r})"
