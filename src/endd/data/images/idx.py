@@ -13,7 +13,9 @@ from __future__ import annotations
 import gzip
 import math
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,6 +29,8 @@ from endd.data.images.common import (
 )
 from endd.data.images.sets import ImageSet
 from endd.data.ondisk import RecordRows
+
+T = TypeVar("T")
 
 #: IDX type code -> big-endian numpy dtype.
 IDX_DTYPES = {
@@ -348,14 +352,23 @@ def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> 
             (/usr/share/datasets/fashion-mnist, ``apt-get install dataset-fashion-mnist``).
         split: "train" or "test".
     """
-    try:
-        return load_idx_dataset(
-            DEBIAN_DATASETS_ROOT if root is None else root,
+    return _with_debian_hint(
+        root,
+        lambda folder: load_idx_dataset(
+            folder,
             split,
             title="Fashion-MNIST",
             folder=FASHION_MNIST_FOLDER,
             download_name="fashion_mnist",
-        )
+        ),
+    )
+
+
+def _with_debian_hint(root: str | Path | None, read: Callable[[str | Path], T]) -> T:
+    """``read`` Fashion-MNIST from ``root``, or from the Debian package's folder when ``root``
+    is None; not found there, the error says which package provides it."""
+    try:
+        return read(DEBIAN_DATASETS_ROOT if root is None else root)
     except DatasetNotFoundError as err:
         if root is not None:
             raise
@@ -380,21 +393,17 @@ def open_mnist(root: str | Path, split: str, *, cache: SetCache) -> ImageSet:
 
 def open_fashion_mnist(root: str | Path | None, split: str, *, cache: SetCache) -> ImageSet:
     """:func:`load_fashion_mnist`'s split, left on disk (see :func:`open_idx_dataset`)."""
-    try:
-        return open_idx_dataset(
-            DEBIAN_DATASETS_ROOT if root is None else root,
+    return _with_debian_hint(
+        root,
+        lambda folder: open_idx_dataset(
+            folder,
             split,
             cache=cache,
             title="Fashion-MNIST",
             folder=FASHION_MNIST_FOLDER,
             download_name="fashion_mnist",
-        )
-    except DatasetNotFoundError as err:
-        if root is not None:
-            raise
-        raise DatasetNotFoundError(
-            f"{err}; on Debian/Ubuntu `apt-get install dataset-fashion-mnist` provides it"
-        ) from None
+        ),
+    )
 
 
 def open_kmnist(root: str | Path, split: str, *, cache: SetCache) -> ImageSet:
