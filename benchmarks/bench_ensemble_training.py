@@ -13,7 +13,11 @@ batches" a different batch per member (``per_member_inputs=True``), as when each
 the data itself. Every variant runs ``--rounds`` times, interleaved with the others, after one
 warm-up run; the table shows the median and the best round (the CPU is shared, and the best
 round is the least disturbed one). glibc is told to keep freed memory unless
-``--glibc-default`` (see :mod:`endd.models.allocator`).
+``--glibc-default`` (see :mod:`endd.models.allocator`). "released every N steps" is the shared
+batch variant with the heap's free pages handed back after ``--release-every`` steps and at
+least ``--release-seconds`` (counted across runs), as endd's training loop does
+(:class:`endd.engine.trainer.ReleaseFreedMemory`): its cost is the page faults of the step after
+each release.
 
 A second table bounds what batching could gain: the matmul and convolution FLOPs of one member's
 training step (``torch.utils.flop_counter``), the rate the sequential variant achieves, and the
@@ -43,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _machine import cpu_name
 from endd.models import build_model
-from endd.models.allocator import keep_freed_memory
+from endd.models.allocator import keep_freed_memory, release_freed_memory
 
 MEMBERS = 10
 
@@ -88,12 +92,20 @@ def sequential_run(build: Callable, x, y, indices) -> Callable[[], None]:
     return run
 
 
-def batched_run(build: Callable, x, y, indices, own_batches: bool) -> Callable[[], None]:
+def batched_run(
+    build: Callable, x, y, indices, own_batches: bool, release: tuple[int, float] | None = None
+) -> Callable[[], None]:
     ensemble = build(seed=0, members=MEMBERS)
     optimiser = adam(ensemble.parameters())
+    since = {"steps": 0, "time": time.monotonic()}
 
     def run() -> None:
         for step in range(indices.shape[0]):
+            since["steps"] += 1
+            if release and since["steps"] >= release[0]:
+                if time.monotonic() - since["time"] >= release[1]:
+                    release_freed_memory()
+                    since.update(steps=0, time=time.monotonic())
             optimiser.zero_grad(set_to_none=True)
             if own_batches:
                 batch = indices[step]  # [M, B]
@@ -108,7 +120,9 @@ def batched_run(build: Callable, x, y, indices, own_batches: bool) -> Callable[[
     return run
 
 
-def workload(model: str, x, y, steps: int, batch: int, options: dict) -> dict[str, Callable]:
+def workload(
+    model: str, x, y, steps: int, batch: int, options: dict, release: tuple[int, float]
+) -> dict[str, Callable]:
     classes = int(y.max()) + 1
     input_shape = tuple(x.shape[1:])
 
@@ -129,6 +143,9 @@ def workload(model: str, x, y, steps: int, batch: int, options: dict) -> dict[st
         "sequential": sequential_run(build, x, y, own),
         "batched, shared batch": batched_run(build, x, y, shared, own_batches=False),
         "batched, own batches": batched_run(build, x, y, own, own_batches=True),
+        f"batched, shared batch, released ≥ {release[0]} steps and ≥ {release[1]:g} s apart": (
+            batched_run(build, x, y, shared, own_batches=False, release=release)
+        ),
     }
 
 
@@ -184,7 +201,22 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="leave glibc's malloc as is (default: endd.models.allocator.keep_freed_memory)",
     )
+    parser.add_argument(
+        "--release-every",
+        type=int,
+        default=32,
+        help="least steps between releases of freed memory in the last variant (endd's: 32)",
+    )
+    parser.add_argument(
+        "--release-seconds",
+        type=float,
+        default=1.0,
+        help="least seconds between releases in the last variant (endd's: 1)",
+    )
     args = parser.parse_args(argv)
+    if args.release_every < 1 or args.release_seconds < 0:
+        parser.error("--release-every must be >= 1 and --release-seconds >= 0")
+    release = (args.release_every, args.release_seconds)
     if args.threads:
         torch.set_num_threads(args.threads)
     tuned = False if args.glibc_default else keep_freed_memory()
@@ -196,7 +228,13 @@ def main(argv: list[str] | None = None) -> None:
         points, labels = torch.randn(3000, 2), torch.randint(0, 3, (3000,))
         name = f"(a) {MEMBERS}× MLP 2-100-100-3, 3000 points"
         variants = workload(
-            "mlp", points, labels, args.mlp_steps, args.batch, {"hidden": (100, 100)}
+            "mlp",
+            points,
+            labels,
+            args.mlp_steps,
+            args.batch,
+            {"hidden": (100, 100)},
+            release,
         )
         workloads[name] = (args.mlp_steps, variants)
         flops[name] = step_flops("mlp", points, labels, args.batch, {"hidden": (100, 100)})
@@ -205,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         name = f"(b) {MEMBERS}× small CNN, 28×28"
         workloads[name] = (
             args.cnn_steps,
-            workload("small_cnn", images, labels, args.cnn_steps, args.batch, {}),
+            workload("small_cnn", images, labels, args.cnn_steps, args.batch, {}, release),
         )
         flops[name] = step_flops("small_cnn", images, labels, args.batch, {})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from endd.engine.batches import EpochSeededBatchSampler
 from endd.errors import DamagedArtifactError
+from endd.models.allocator import release_freed_memory
 from endd.store import artifacts
 from endd.store.integrity import check_file_any, file_record
 
@@ -170,6 +172,41 @@ def _sum_epoch_loss(trainer: L.Trainer, module: L.LightningModule) -> None:
     module._loss_sum, module._loss_count = float(totals[0]), int(totals[1])
 
 
+class ReleaseFreedMemory(Callback):
+    """Hand the heap's free pages back to the kernel every ``every`` training steps, but at most
+    once per ``seconds``, and at each epoch's end
+    (:func:`endd.models.allocator.release_freed_memory`; a no-op off glibc).
+
+    Without it a long epoch's peak resident memory grows with the number of steps: glibc keeps
+    the freed batch buffers (all of them under the CLI's
+    :func:`~endd.models.allocator.keep_freed_memory`) in a heap that fragments. With it the
+    growth is bounded by one interval's. Each release costs the page faults of the memory the
+    next step uses again (measured: ~4 ms after a 2 ms MLP step, 5 % if released every 32 such
+    steps): both bounds keep that under 1 % of the training time, for fast steps (the time)
+    and for slow steps of large batched ensembles (the step count).
+    """
+
+    def __init__(self, every: int = 32, seconds: float = 1.0) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        self.every, self.seconds = every, seconds
+        self._steps, self._last = 0, time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        self._steps += 1
+        if self._steps >= self.every and time.monotonic() - self._last >= self.seconds:
+            self._release()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        release_freed_memory()
+        self._steps, self._last = 0, time.monotonic()
+
+
 class _ShardBatches(Callback):
     """Under DDP, give each rank its slice of every batch (see
     :meth:`endd.engine.batches.EpochSeededBatchSampler.shard`). Set when the ranks are known:
@@ -273,7 +310,10 @@ def fit(
     resume = checkpoint_dir / CHECKPOINT_NAME
     # Every rank checks the checkpoint it will read (the same file: the same verdict).
     record = verify_checkpoint(resume, rebuild=rebuild) if resume.is_file() else None
-    callbacks: list[Callback] = [AtomicEpochCheckpoint(checkpoint_dir, record)]
+    callbacks: list[Callback] = [
+        AtomicEpochCheckpoint(checkpoint_dir, record),
+        ReleaseFreedMemory(),
+    ]
     distributed: dict[str, Any] = {}
     if process_count(trainer_config) > 1:
         distributed = _ddp_strategy(trainer_config)

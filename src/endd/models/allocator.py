@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "release_freed_memory"]
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -37,12 +38,33 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     """
     if trim_threshold < 0:
         raise ValueError(f"trim_threshold must be >= 0, got {trim_threshold}")
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1))
     )
+
+
+def release_freed_memory() -> bool:
+    """Return the free pages of every malloc arena to the kernel (glibc's ``malloc_trim(0)``).
+
+    Unlike the trim glibc does on its own, this also releases whole free pages in the middle of a
+    fragmented heap, and it ignores the threshold :func:`keep_freed_memory` sets. Nothing live is
+    touched; memory used again afterwards is faulted back in (the cost the kept memory avoids), so
+    call it every so many steps, not every step.
+
+    Returns:
+        True if memory was returned to the kernel, False if there was none to return or the
+        platform is not glibc (a no-op).
+    """
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    name = ctypes.util.find_library("c")
+    return None if name is None else ctypes.CDLL(name)
