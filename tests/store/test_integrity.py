@@ -234,3 +234,28 @@ def test_the_error_survives_a_worker_process(artifact):
     assert type(copy) is DamagedArtifactError
     assert str(copy) == str(error.value) and copy.path == str(artifact)
     assert copy.rebuild == REBUILD and copy.problem == "missing"
+
+
+def test_an_array_written_in_chunks_is_recorded_without_reading_it_back(tmp_path, monkeypatch):
+    """write_array_chunks hashes as it writes: file_record then needs no second pass, and its
+    digest is the file's. A shard written without a checksum is hashed when recorded."""
+    import numpy as np
+
+    from endd.store.artifacts import write_array_chunks
+
+    calls: list[str] = []
+    real = integrity.sha256_of
+    monkeypatch.setattr(integrity, "sha256_of", lambda p, **k: calls.append(str(p)) or real(p))
+    chunks = [np.arange(12, dtype=np.float32).reshape(4, 3), np.ones((3, 3), dtype=np.float64)]
+    path = tmp_path / "logits.npy"
+    write_array_chunks(path, (7, 3), np.float16, iter(chunks))
+    record = file_record(path)
+    assert calls == []
+    data = path.read_bytes()
+    assert record == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    np.testing.assert_array_equal(np.load(path), np.concatenate(chunks).astype(np.float16))
+
+    shard = tmp_path / "shard.npy"
+    write_array_chunks(shard, (4, 3), np.float32, iter(chunks[:1]), checksum=False)
+    assert file_record(shard)["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert calls == [str(shard)]

@@ -6,6 +6,8 @@ cannot execute code on load: JSON, YAML, ``.npy`` (``allow_pickle=False``) and s
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import secrets
@@ -17,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
+
+from endd.store.integrity import remember_digest
 
 
 @contextmanager
@@ -103,28 +107,48 @@ def write_array_chunks(
     shape: tuple[int, ...],
     dtype: np.dtype | type,
     chunks: Iterable[np.ndarray | torch.Tensor],
+    *,
+    checksum: bool = True,
 ) -> None:
     """A ``.npy`` of ``shape`` written from consecutive row chunks, so the whole array never has
-    to be in memory; atomic like every artifact. The chunks must add up to ``shape[0]`` rows."""
+    to be in memory; atomic like every artifact. The chunks must add up to ``shape[0]`` rows.
+
+    With ``checksum`` the bytes are hashed as they are written and the digest is handed to
+    :func:`endd.store.integrity.remember_digest`: recording the file afterwards
+    (:func:`~endd.store.integrity.file_record`) does not read it back. Pass False for a file
+    nobody records (a shard that is concatenated and deleted)."""
     dtype = np.dtype(dtype)
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    digest = hashlib.sha256() if checksum else None
 
     def writer(p: Path) -> None:
         rows = 0
         with open(p, "wb") as handle:
-            np.lib.format.write_array_header_1_0(handle, header)
+            head = io.BytesIO()
+            np.lib.format.write_array_header_1_0(head, header)
+            _write_hashed(handle, head.getvalue(), digest)
             for chunk in chunks:
                 if isinstance(chunk, torch.Tensor):
                     chunk = chunk.detach().cpu().numpy()
                 chunk = np.ascontiguousarray(chunk, dtype=dtype)
                 if chunk.shape[1:] != tuple(shape[1:]):
                     raise ValueError(f"chunk of shape {chunk.shape} for an array {shape}")
-                handle.write(chunk.tobytes())
+                _write_hashed(handle, memoryview(chunk.reshape(-1).view(np.uint8)), digest)
                 rows += len(chunk)
         if rows != shape[0]:
             raise ValueError(f"{rows} rows written for an array of {shape[0]}")
 
     _write_with(path, writer)
+    if digest is not None:
+        remember_digest(path, digest.hexdigest())
+
+
+def _write_hashed(handle, data: bytes | memoryview, digest) -> None:
+    """Write all of ``data`` to ``handle`` (a buffered file: short writes are retried by it),
+    adding it to ``digest`` unless that is None."""
+    handle.write(data)
+    if digest is not None:
+        digest.update(data)
 
 
 def read_array(path: str | Path, *, mmap: bool = True) -> np.ndarray:
