@@ -1,5 +1,5 @@
-"""Every training stage under Lightning DDP: ``trainer.devices=2`` on the CPU (two gloo
-processes, the second started by Lightning's launcher re-executing the command).
+"""Every stage under Lightning DDP: ``trainer.devices=2`` on the CPU (two gloo processes, the
+second started by endd's launcher re-executing the command before the first stage).
 
 Tolerances: the 2-process run is not bit-identical to one process. Each rank takes half of every
 batch (``batch_size`` stays the global batch, see EpochSeededBatchSampler) and DDP averages the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,11 +132,25 @@ def test_two_processes_match_one(tmp_path, tiny_spiral):
         assert [s["rank"] for s in done["shards"][split]] == [0, 1]
         assert (first, again, last) == (0, middle, shape[0]) and 0 < middle < shape[0], split
     assert "shards" not in json.loads((one / "teacher" / "done.json").read_text())
-    # the predictions both ranks wrote are, byte for byte, what one process writes
-    sharded = {p: p.read_bytes() for p in (two / "predictions").rglob("*.npy")}
-    evaluate = [sys.executable, "-m", "endd.cli", "evaluate", str(two), "--force", "--quiet"]
-    _run(evaluate)
-    assert {p: p.read_bytes() for p in (two / "predictions").rglob("*.npy")} == sharded
+    # the predictions both ranks wrote are, byte for byte, what one process writes: the same
+    # run evaluated again with its config set to one device
+    alone = tmp_path / "alone"
+    shutil.copytree(two, alone)
+    config = alone / "config.yaml"
+    config.write_text(config.read_text().replace("devices: 2", "devices: 1"))
+    _run([sys.executable, "-m", "endd.cli", "evaluate", str(alone), "--force", "--quiet"])
+    for path in (two / "predictions").rglob("*.npy"):
+        assert (alone / path.relative_to(two)).read_bytes() == path.read_bytes(), path
+    # a teacher from outside (no training stage before it) is also cached by both ranks, and
+    # equals the cache it was given, byte for byte
+    outside = tmp_path / "outside"
+    teacher = [small_batches, "teacher.source=logits", f"teacher.path={one / 'teacher'}"]
+    _run(_command(outside, 2, tiny_spiral, *teacher))
+    done = json.loads((outside / "teacher" / "done.json").read_text())
+    assert {s["rank"] for shards in done["shards"].values() for s in shards} == {0, 1}
+    for split in done["splits"]:
+        cached = (outside / "teacher" / f"{split}.npy").read_bytes()
+        assert cached == (one / "teacher" / f"{split}.npy").read_bytes(), split
     for name in ("end", "endd"):
         spec_one = json.loads((one / "students" / name / "model.json").read_text())
         spec_two = json.loads((two / "students" / name / "model.json").read_text())

@@ -8,15 +8,16 @@ docs/distributed.md.
 
 The processes come from one of three launchers:
 
-- ``endd run`` itself: Lightning's subprocess launcher re-executes the command for local ranks
-  1.. when rank 0 reaches its first training ``fit``; until then rank 0 is alone (no process
-  group), and the others start with every stage before that fit already done;
+- ``endd run`` itself: once rank 0 knows that a stage runs on every rank (training, the teacher
+  cache, evaluation) it starts local ranks 1.. with Lightning's subprocess launcher, which
+  re-executes the command (:func:`launch_local_ranks`), before it writes anything;
 - ``torchrun``: every process starts at once (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``);
 - SLURM ``srun``: one task per device (``SLURM_PROCID``, ``SLURM_NTASKS``).
 
-In the last two cases, and in a process that Lightning's launcher started, the process group is
-initialised when the loop starts (:func:`join_process_group`), so every rank agrees from the first
-stage on; Lightning's DDP strategy then finds it initialised and uses it.
+Every process other than the launching one initialises the process group when its loop starts
+(:func:`join_process_group`), the launching one right after it has started the others, so every
+rank agrees from the first stage on; Lightning's DDP strategy then finds the group initialised
+and uses it (and, ``LOCAL_RANK`` being set, launches nothing itself).
 """
 
 from __future__ import annotations
@@ -82,13 +83,11 @@ def _backend(trainer: dict[str, Any]) -> str:
 
 def join_process_group(trainer: dict[str, Any]) -> bool:
     """Initialise the process group now when an outside launcher started this process (torchrun,
-    SLURM) or Lightning's launcher did (a local rank above 0). The process that launches the
-    others (Lightning's subprocess launcher, local rank 0) waits for its first ``fit``: its
-    ranks do not exist before.
+    SLURM) or the launching ``endd`` process did (a local rank above 0,
+    :func:`launch_local_ranks`). The launching process itself joins when it launches.
 
-    Returns whether every rank joined at the start of its loop (torchrun, SLURM): then the
-    ranks may meet at a barrier before the first stage. A rank that Lightning's launcher
-    started joins while rank 0 is already inside its first ``fit``, past that point."""
+    Returns whether this process joined: the ranks then meet at a barrier before the first
+    stage."""
     if not is_distributed(trainer) or _initialised():
         return False
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
@@ -106,14 +105,55 @@ def join_process_group(trainer: dict[str, Any]) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if environment is None:
-        dist.init_process_group(
-            backend,
-            rank=global_rank(trainer),
-            world_size=int(os.environ["WORLD_SIZE"]),
-            timeout=DDP_TIMEOUT,
-        )
+        _init_from_launcher_environment(trainer, backend)
     else:
         with lightning_quiet():  # no start-up banner, as inside fit
             _init_dist_connection(environment, backend, timeout=DDP_TIMEOUT)
     log.debug("rank %d of %d joined the process group", dist.get_rank(), dist.get_world_size())
-    return environment is not None
+    return True
+
+
+def launch_local_ranks(trainer: dict[str, Any]) -> bool:
+    """In the process ``endd`` was started as, with several devices and no outside launcher:
+    start local ranks 1..N−1 now (Lightning's subprocess launcher re-executes this command with
+    ``LOCAL_RANK``, ``MASTER_ADDR``, … set, as it would at the first ``fit``) and join the
+    process group with them. Returns whether it did; False for a single process, under
+    torchrun or SLURM, and in a process that was itself launched."""
+    if not is_distributed(trainer) or _initialised() or "LOCAL_RANK" in os.environ:
+        return False
+    from lightning.fabric.plugins.environments import (
+        LightningEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+    from lightning.fabric.strategies.launchers.subprocess_script import (
+        _SubprocessScriptLauncher,
+    )
+
+    if TorchElasticEnvironment.detect() or _slurm_launched() or SLURMEnvironment.detect():
+        return False
+    nodes = int(trainer.get("num_nodes", 1))
+    launcher = _SubprocessScriptLauncher(
+        LightningEnvironment(), num_processes=process_count(trainer) // nodes, num_nodes=nodes
+    )
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    launcher.launch(lambda: None)  # sets MASTER_ADDR, MASTER_PORT, NODE_RANK, LOCAL_RANK=0, …
+    # ... and shares the cores between the ranks (OMP_NUM_THREADS): left to each fit, as on the
+    # ranks it started, so every rank trains with the same number of threads
+    torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    _init_from_launcher_environment(trainer, _backend(trainer))
+    log.debug("started %d local ranks", len(launcher.procs))
+    return True
+
+
+def _init_from_launcher_environment(trainer: dict[str, Any], backend: str) -> None:
+    """Join the group whose address, world size and ranks Lightning's launcher put in the
+    environment (``MASTER_ADDR``/``MASTER_PORT``, ``WORLD_SIZE``, ``NODE_RANK``/``LOCAL_RANK``)."""
+    dist.init_process_group(
+        backend,
+        rank=global_rank(trainer),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=DDP_TIMEOUT,
+    )

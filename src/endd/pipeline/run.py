@@ -20,7 +20,13 @@ import torch
 from endd.config import resolve_config
 from endd.data import load_data
 from endd.errors import RunDirError
-from endd.pipeline.distributed import barrier, is_distributed, is_rank_zero, join_process_group
+from endd.pipeline.distributed import (
+    barrier,
+    is_distributed,
+    is_rank_zero,
+    join_process_group,
+    launch_local_ranks,
+)
 from endd.pipeline.stages import (
     COMMANDS,
     Stage,
@@ -68,8 +74,8 @@ def run_stages(
     selected = set(commands)
     context = StageContext(run, config, default_progress() if progress is None else progress)
     trainer = config["trainer"]
-    # Several processes (trainer.devices × num_nodes > 1): a rank that torchrun, SLURM or
-    # Lightning's launcher started joins the process group now; see pipeline/distributed.py.
+    # Several processes (trainer.devices × num_nodes > 1): a rank that torchrun, SLURM or the
+    # launching endd process started joins the process group now; see pipeline/distributed.py.
     together = join_process_group(trainer)
     with torch_threads(trainer["num_threads"]):
         # Which students the data can train decides the plan; the report alone needs no data.
@@ -85,6 +91,9 @@ def run_stages(
         for stage in pending:
             if stage.check is not None:
                 stage.check(context)
+        if any(s.trains or s.every_rank for s in pending):
+            # endd's own launcher: the other ranks start now, before anything is written
+            together = launch_local_ranks(trainer) or together
         if is_rank_zero(trainer):
             for notice in notices:
                 log.info("%s", notice)
