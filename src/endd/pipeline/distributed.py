@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from endd.engine.trainer import DDP_TIMEOUT, lightning_quiet, process_count
+from endd.errors import EnddError
 
 log = logging.getLogger("endd")
+T = TypeVar("T")
 
 
 def is_distributed(trainer: dict[str, Any]) -> bool:
@@ -74,6 +77,13 @@ def _slurm_launched() -> bool:
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     return "SLURM_PROCID" in os.environ and SLURMEnvironment.detect()
+
+
+def outside_launcher() -> bool:
+    """Whether torchrun or SLURM started this process (every rank at once), not ``endd``."""
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+
+    return TorchElasticEnvironment.detect() or _slurm_launched()
 
 
 def _backend(trainer: dict[str, Any]) -> str:
@@ -157,3 +167,43 @@ def _init_from_launcher_environment(trainer: dict[str, Any], backend: str) -> No
         world_size=int(os.environ["WORLD_SIZE"]),
         timeout=DDP_TIMEOUT,
     )
+
+
+def local_rank() -> int:
+    """This process's rank on its node (``LOCAL_RANK``: torchrun, Lightning's launcher;
+    ``SLURM_LOCALID``: srun), 0 without a launcher."""
+    for key in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def local_rank_first(work: Callable[[], T], what: str) -> T:
+    """``work()`` on each node's local rank 0 first, then, once it has succeeded on all of them,
+    on the other ranks: for work whose first run leaves something behind for the others (the
+    image cache ``data.cache``: one decode per node, not one per rank, when it is node-local;
+    one per node at most, atomic writes, when it is shared). Every rank must call it. Without a
+    process group (one process, or the launching ``endd`` before it starts the others, which
+    therefore find the work done): ``work()``.
+
+    If it fails on a local rank 0, that rank raises its error and every other rank a one-line
+    :class:`~endd.errors.EnddError` pointing at it (instead of waiting at a barrier)."""
+    if not _initialised():
+        return work()
+    first = local_rank() == 0
+    result: Any = None
+    error: Exception | None = None
+    if first:
+        try:
+            result = work()
+        except Exception as failure:  # re-raised below, once every rank knows
+            error = failure
+    succeeded = torch.tensor([int(error is None)], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        succeeded = succeeded.cuda()
+    dist.all_reduce(succeeded, op=dist.ReduceOp.MIN)
+    if error is not None:
+        raise error
+    if not int(succeeded.item()):
+        raise EnddError(f"stopped: another rank could not {what} (its message says why)")
+    return result if first else work()

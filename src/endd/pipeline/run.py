@@ -26,6 +26,8 @@ from endd.pipeline.distributed import (
     is_rank_zero,
     join_process_group,
     launch_local_ranks,
+    local_rank_first,
+    outside_launcher,
 )
 from endd.pipeline.stages import (
     COMMANDS,
@@ -78,6 +80,10 @@ def run_stages(
     # launching endd process started joins the process group now; see pipeline/distributed.py.
     together = join_process_group(trainer)
     with torch_threads(trainer["num_threads"]):
+        if together and outside_launcher() and selected - {"report"}:
+            # torchrun, SLURM: each node's local rank 0 prepares the image cache before its
+            # other ranks read it (endd's own launcher starts them once rank 0 has)
+            local_rank_first(lambda: context.data, "load the data")
         # Which students the data can train decides the plan; the report alone needs no data.
         students = trainable_students(config, context.data) if selected - {"report"} else []
         everything = plan(config, students)
