@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from concurrent.futures import BrokenExecutor
 from importlib import resources
 from pathlib import Path
@@ -288,28 +290,35 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     verbose = getattr(args, "verbose", False)
     configure_logging(getattr(args, "quiet", False), verbose)
+    _received.clear()
+    previous = _stop_on_signals()
     try:
         _dispatch(args)
-    except (EnddError, ValueError, OSError) as err:
-        # OSError: a path that is a file where a folder is wanted, no permission, a full disk:
-        # the user's environment, said in one line (-v shows the traceback)
-        if verbose:
-            raise
-        print(f"endd: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except BrokenExecutor:
-        # a student worker process died (killed, out of memory): its checkpoints are on disk
-        if verbose:
-            raise
-        print(f"endd: error: {WORKER_DIED}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return _interrupted()
     except SystemExit as exit_:
         # Lightning ends a fit that Ctrl-C interrupted with sys.exit(1), after its own cleanup
-        if _raised_by_interrupt(exit_):
+        if _raised_by_interrupt(exit_) or _received:
             return _interrupted()
         raise
+    except Exception as err:
+        if _received:
+            # stopping: what failed on the way is part of the stop (with several processes a
+            # collective fails first when the other ranks stop a moment sooner)
+            return _interrupted()
+        if verbose or not isinstance(err, (EnddError, ValueError, OSError, BrokenExecutor)):
+            raise
+        if isinstance(err, BrokenExecutor):
+            # a student worker process died (killed, out of memory): its checkpoints are on disk
+            print(f"endd: error: {WORKER_DIED}", file=sys.stderr)
+            return 1
+        # OSError: a path that is a file where a folder is wanted, no permission, a full disk:
+        # the user's environment, said in one line (-v shows the traceback)
+        print(f"endd: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0
 
 
@@ -319,18 +328,61 @@ WORKER_DIED = (
 )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler cancelling or pre-empting the job), raised in the
+    main thread and unwound exactly as Ctrl-C is: every write in progress deletes its temporary
+    file, student workers are stopped, Lightning ends its fit."""
+
+
+#: The signals received that stop this run (SIGINT, SIGTERM), in order.
+_received: list[int] = []
+
+
+def _stop_on_signals() -> dict[int, object]:
+    """Handle SIGTERM as Ctrl-C (see :class:`Terminated`) in this process, and note either
+    signal when it arrives; returns the handlers replaced. SIGINT is left alone where it is
+    ignored (``nohup``, a background job). A second signal during the unwinding is ignored:
+    SIGKILL is the way to cut it short."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers: the defaults stay
+
+    def stop(signum, frame) -> None:
+        _received.append(signum)
+        for number in replaced:
+            signal.signal(number, signal.SIG_IGN)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    replaced = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        replaced[signal.SIGINT] = signal.default_int_handler
+    for number in replaced:
+        signal.signal(number, stop)
+    return replaced
+
+
 def _interrupted() -> int:
-    """Ctrl-C: one line, exit status 130 (128 + SIGINT) like a shell's interrupted command."""
+    """Ctrl-C: one line, exit status 130 (128 + SIGINT) like a shell's interrupted command;
+    SIGTERM: 143 (128 + SIGTERM)."""
+    error = sys.exc_info()[1]
+    if _raised_by(error, Terminated) or signal.SIGTERM in _received:
+        print("endd: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+        return 143
     print("endd: interrupted; rerun the same command to resume", file=sys.stderr)
     return 130
 
 
 def _raised_by_interrupt(error: BaseException) -> bool:
     """Whether ``error`` was raised while a KeyboardInterrupt was being handled."""
+    return _raised_by(error, KeyboardInterrupt)
+
+
+def _raised_by(error: BaseException | None, kind: type[BaseException]) -> bool:
+    """Whether ``error`` is a ``kind`` or was raised while handling one (its causes and
+    contexts)."""
     seen: set[int] = set()
-    cause: BaseException | None = error
+    cause = error
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
+        if isinstance(cause, kind):
             return True
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__

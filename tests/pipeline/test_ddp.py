@@ -158,26 +158,52 @@ def test_two_processes_match_one(tmp_path, tiny_spiral):
         assert spec_two["epoch_losses"] == pytest.approx(spec_one["epoch_losses"], rel=RELATIVE)
 
 
-@pytest.mark.slow
-def test_two_processes_killed_during_distillation_resume(tmp_path, tiny_spiral):
-    longer = ("students.epochs=60", "students.batch_size=16")
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    _run(_command(reference, 2, tiny_spiral, *longer))
-
-    process = subprocess.Popen(
-        _command(killed, 2, tiny_spiral, *longer), start_new_session=True, env=_env()
+def _start(command: list[str]) -> subprocess.Popen:
+    """The run in its own session (a process group: both ranks), stderr captured."""
+    return subprocess.Popen(
+        command, start_new_session=True, env=_env(), stderr=subprocess.PIPE, text=True
     )
-    checkpoint = killed / "students" / "endd" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists():
-        assert process.poll() is None, "the run finished before it could be killed"
-        assert time.monotonic() < deadline, "no distillation checkpoint appeared"
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)  # both ranks: the launcher's child is in the group
-    process.wait()
-    assert not (killed / "metrics.json").exists()
-    assert not (killed / "students" / "endd" / "model.json").exists()
 
-    _run(_command(killed, 2, tiny_spiral, *longer))
-    assert _metrics(killed) == _metrics(reference)
-    assert not [f for f in _files(killed) if ".tmp" in f or "checkpoints" in f]
+
+def _wait_for(process: subprocess.Popen, path: Path, newer_than: int = -1) -> None:
+    """Until ``path`` exists with a modification time after ``newer_than`` (ns)."""
+    deadline = time.monotonic() + 300
+    while not (path.exists() and path.stat().st_mtime_ns > newer_than):
+        assert process.poll() is None, "the run finished before it could be stopped"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_during_distillation_resume(tmp_path, tiny_spiral):
+    """SIGTERM to both ranks (a scheduler cancelling the job): each says so in one line, exit
+    status 143, within seconds, no process left. Then SIGKILL to both ranks in the resumed run.
+    The third attempt ends with the metrics of an uninterrupted 2-process run."""
+    longer = ("students.epochs=60", "students.batch_size=16")
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    _run(_command(reference, 2, tiny_spiral, *longer))
+    command = _command(stopped, 2, tiny_spiral, *longer)
+    checkpoint = stopped / "students" / "endd" / "checkpoints" / "last.ckpt"
+
+    process = _start(command)
+    _wait_for(process, checkpoint)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    lines = stderr.splitlines()
+    assert lines and set(lines) == {"endd: terminated (SIGTERM); rerun the same command to resume"}
+    with pytest.raises(ProcessLookupError):  # nothing left in the group
+        os.killpg(process.pid, 0)
+    assert not [f for f in _files(stopped) if ".tmp" in f]
+
+    written = checkpoint.stat().st_mtime_ns
+    process = _start(command)
+    _wait_for(process, checkpoint, newer_than=written)  # resumed and one more epoch saved
+    os.killpg(process.pid, signal.SIGKILL)  # both ranks: the launcher's child is in the group
+    process.communicate()
+    assert not (stopped / "metrics.json").exists()
+    assert not (stopped / "students" / "endd" / "model.json").exists()
+
+    _run(command)
+    assert _metrics(stopped) == _metrics(reference)
+    assert not [f for f in _files(stopped) if ".tmp" in f or "checkpoints" in f]

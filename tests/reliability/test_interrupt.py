@@ -49,6 +49,7 @@ pytestmark = pytest.mark.skipif(
 #: check (measured: about 1-3 s), not a benchmark.
 STOP_WITHIN = 15.0
 INTERRUPTED = "endd: interrupted; rerun the same command to resume"
+TERMINATED = "endd: terminated (SIGTERM); rerun the same command to resume"
 #: Runs ``python ARGS`` with SIGINT at its default (an ignored signal stays ignored across exec,
 #: and Python then installs no KeyboardInterrupt handler).
 SIGINT_AT_DEFAULT = (
@@ -99,14 +100,19 @@ def _start_forked(runner: Runner, out: Path, sets: list[str]):
 
 # ---- liveness: a training that would not end by itself ------------------------------------------
 @pytest.mark.parametrize(
-    "workers, whole_group",
+    "workers, whole_group, sent_signal",
     [
-        pytest.param(1, True, id="ctrl-c-in-process"),
-        pytest.param(2, True, id="ctrl-c-process-pool"),
-        pytest.param(2, False, id="kill-int-parent-of-pool"),
+        pytest.param(1, True, signal.SIGINT, id="ctrl-c-in-process"),
+        pytest.param(2, True, signal.SIGINT, id="ctrl-c-process-pool"),
+        pytest.param(2, False, signal.SIGINT, id="kill-int-parent-of-pool"),
+        pytest.param(1, False, signal.SIGTERM, id="sigterm-in-process"),
+        pytest.param(2, True, signal.SIGTERM, id="sigterm-process-pool"),
     ],
 )
-def test_sigint_during_training_stops_within_seconds(tmp_path, runner, workers, whole_group):
+def test_sigint_during_training_stops_within_seconds(
+    tmp_path, runner, workers, whole_group, sent_signal
+):
+    """SIGTERM (``kill``, a scheduler cancelling the job) stops endd as Ctrl-C does."""
     out = tmp_path / "run"
     sets = overrides(workers, methods=METHODS, students__epochs=10**6, students__batch_size=16)
     pid, poll, wait = _start_real(out, sets) if workers == 1 else _start_forked(runner, out, sets)
@@ -121,18 +127,22 @@ def test_sigint_during_training_stops_within_seconds(tmp_path, runner, workers, 
     time.sleep(random.Random(f"{workers} {whole_group}").uniform(0, 0.3))
     sent = time.monotonic()
     if whole_group:
-        os.killpg(pid, signal.SIGINT)
+        os.killpg(pid, sent_signal)
     else:
-        os.kill(pid, signal.SIGINT)
+        os.kill(pid, sent_signal)
     status, stderr = wait(STOP_WITHIN)
     if status is None:
         os.killpg(pid, signal.SIGKILL)
         wait(60)
-        pytest.fail(f"endd was still running {STOP_WITHIN} s after SIGINT")
+        pytest.fail(f"endd was still running {STOP_WITHIN} s after {sent_signal.name}")
     seconds = time.monotonic() - sent
     print(f"workers={workers} {'group' if whole_group else 'parent'}: stopped in {seconds:.2f} s")
-    assert status == 130, stderr
-    assert stderr.splitlines() == [INTERRUPTED], stderr
+    if sent_signal == signal.SIGTERM:
+        assert status == 143, stderr
+        assert stderr.splitlines() == [TERMINATED], stderr
+    else:
+        assert status == 130, stderr
+        assert stderr.splitlines() == [INTERRUPTED], stderr
     assert (left := temporaries(out)) == [], left
     # every worker process is gone when endd returns (none outlives it and keeps writing)
     assert wait_until_gone(pid, seconds=1.0) == []
@@ -159,25 +169,28 @@ def census(tmp_path_factory, runner) -> dict:
         pytest.param(1, "ensemble", id="ensemble"),
         pytest.param(1, "student", id="student-in-process"),
         pytest.param(2, "student", id="student-process-pool", marks=pytest.mark.slow),
+        pytest.param(1, "student-sigterm", id="sigterm-student-in-process"),
     ],
 )
 def test_ctrl_c_then_the_same_command_finishes(tmp_path, runner, hook, census, workers, stage):
     """SIGINT to the whole process group (Ctrl-C) during the training of ``stage``: right after
     a seeded one of its checkpoint renames (in the pool: made by a worker process), then the same
-    command."""
+    command. ``student-sigterm``: SIGTERM instead (a scheduler cancelling the job)."""
+    stage, terminated = stage.removesuffix("-sigterm"), stage.endswith("-sigterm")
     out, log = tmp_path / "run", tmp_path / "renames"
     argv = cli_args(out, overrides(workers, methods=METHODS))
     renames = zip(census["renames"], census["stages"], strict=True)
     training = [r.index for r, s in renames if s == stage and "/checkpoints/" in r.path]
     (index,) = sample(training, 1, ("ctrl-c", stage, workers))
     env = hook_env(hook, log, kill_at=index, who="group")
-    env["ENDD_TEST_SIGNAL"] = "SIGINT"
+    env["ENDD_TEST_SIGNAL"] = "SIGTERM" if terminated else "SIGINT"
     interrupted = runner.run(argv, env)
     renames = read_renames(log)
     assert len(renames) >= index
-    print(f"Ctrl-C after rename {index}: {Path(renames[index - 1].path).relative_to(out)}")
-    assert interrupted.exitcode == 130, interrupted.stderr
-    assert interrupted.stderr.splitlines() == [INTERRUPTED], interrupted.stderr
+    print(f"{env['ENDD_TEST_SIGNAL']} after rename {index}: {renames[index - 1].path}")
+    assert interrupted.exitcode == (143 if terminated else 130), interrupted.stderr
+    expected = TERMINATED if terminated else INTERRUPTED
+    assert interrupted.stderr.splitlines() == [expected], interrupted.stderr
     assert temporaries(out) == []
     assert wait_until_gone(interrupted.group, seconds=1.0) == []
 

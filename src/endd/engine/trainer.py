@@ -346,12 +346,24 @@ def fit(
             **distributed,
             **features,
         )
+        _keep_signal_handlers(trainer)
         trainer.fit(
             module,
             train_dataloaders=loader,
             ckpt_path=str(resume) if resume.is_file() else None,
             weights_only=True,
         )
+
+
+def _keep_signal_handlers(trainer: L.Trainer) -> None:
+    """Stop Lightning from installing its SIGTERM handler for the fit: the process's own stays
+    (``endd``'s CLI unwinds on SIGTERM as on Ctrl-C). Lightning's handler broadcasts from rank 0
+    inside the signal handler, which deadlocks when the ranks are at different collectives
+    (seen here: rank 0 at a barrier, rank 1 in the handler's broadcast, both for good when the
+    whole process group got SIGTERM). Private API: where it is missing, Lightning's stays."""
+    connector = getattr(trainer, "_signal_connector", None)
+    if connector is not None and hasattr(connector, "register_signal_handlers"):
+        connector.register_signal_handlers = lambda: None
 
 
 def inference_device(trainer_config: dict[str, Any]) -> torch.device:

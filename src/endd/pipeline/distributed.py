@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -35,6 +38,8 @@ from endd.errors import EnddError
 
 log = logging.getLogger("endd")
 T = TypeVar("T")
+#: The launchers :func:`launch_local_ranks` used in this process (their processes).
+_LAUNCHED: list[Any] = []
 
 
 def is_distributed(trainer: dict[str, Any]) -> bool:
@@ -147,6 +152,7 @@ def launch_local_ranks(trainer: dict[str, Any]) -> bool:
         LightningEnvironment(), num_processes=process_count(trainer) // nodes, num_nodes=nodes
     )
     threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    _LAUNCHED.append(launcher)
     launcher.launch(lambda: None)  # sets MASTER_ADDR, MASTER_PORT, NODE_RANK, LOCAL_RANK=0, …
     # ... and shares the cores between the ranks (OMP_NUM_THREADS): left to each fit, as on the
     # ranks it started, so every rank trains with the same number of threads
@@ -156,6 +162,27 @@ def launch_local_ranks(trainer: dict[str, Any]) -> bool:
     _init_from_launcher_environment(trainer, _backend(trainer))
     log.debug("started %d local ranks", len(launcher.procs))
     return True
+
+
+def stop_launched_ranks(grace: float = 3.0) -> None:
+    """Stop the ranks :func:`launch_local_ranks` started that are still running: for the
+    launching process when it stops early (an error, Ctrl-C, SIGTERM), so that no rank is left
+    waiting at a collective. SIGTERM first (a rank unwinds as on Ctrl-C), SIGKILL for any still
+    running ``grace`` seconds later: a rank blocked inside a collective (DDP's gradient
+    all-reduce) runs no signal handler until it returns, which it may never do. The ranks it
+    started write nothing but their teacher and prediction shards, which a rerun redoes."""
+    processes = [p for launcher in _LAUNCHED for p in launcher.procs if p.poll() is None]
+    if not processes:
+        return
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _init_from_launcher_environment(trainer: dict[str, Any], backend: str) -> None:

@@ -28,6 +28,7 @@ from endd.pipeline.distributed import (
     launch_local_ranks,
     local_rank_first,
     outside_launcher,
+    stop_launched_ranks,
 )
 from endd.pipeline.stages import (
     COMMANDS,
@@ -79,6 +80,24 @@ def run_stages(
     # Several processes (trainer.devices × num_nodes > 1): a rank that torchrun, SLURM or the
     # launching endd process started joins the process group now; see pipeline/distributed.py.
     together = join_process_group(trainer)
+    try:
+        _run_selected(context, selected, together, new_config, force, notices)
+    except BaseException:
+        stop_launched_ranks()  # none is left waiting for this process at a collective
+        raise
+    return run
+
+
+def _run_selected(
+    context: StageContext,
+    selected: set[str],
+    together: bool,
+    new_config: dict[str, Any] | None,
+    force: bool,
+    notices: Iterable[str],
+) -> None:
+    """The body of :func:`run_stages` once the process group (if any) is joined."""
+    run, config, trainer = context.run, context.config, context.config["trainer"]
     with torch_threads(trainer["num_threads"]):
         if together and outside_launcher() and selected - {"report"}:
             # torchrun, SLURM: each node's local rank 0 prepares the image cache before its
@@ -129,7 +148,6 @@ def run_stages(
                 for one in group:
                     _run_stage(context, one)
             index += len(group)
-    return run
 
 
 def _run_stage(context: StageContext, stage: Stage) -> None:
