@@ -495,7 +495,9 @@ class TrainerConfig(_Section):
         "32-true", description="Lightning's precision"
     )
     num_threads: OptionalPositiveInt = Field(
-        None, description="torch intra-op threads (null = torch's default)"
+        None,
+        description="torch intra-op threads of every process, student workers included (null = "
+        "torch's default; a student worker: the cores shared out between the workers)",
     )
     workers: OptionalPositiveInt = Field(
         None, description="students trained at once (null: one per core on CPU, else 1)"

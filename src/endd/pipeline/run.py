@@ -229,6 +229,14 @@ def distill_workers(config: dict[str, Any], pending: int) -> int:
     return max(1, min(int(workers), pending))
 
 
+def worker_threads(trainer: dict[str, Any], workers: int) -> int:
+    """Torch threads of each student worker process: ``trainer.num_threads`` when set (as in
+    the ``endd`` process), else the cores shared out between the ``workers``."""
+    if trainer["num_threads"]:
+        return int(trainer["num_threads"])
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def _run_in_processes(context: StageContext, group: list[Stage]) -> None:
     """Run parallel stages (students) in a pool of worker processes, or one after another
     when the config allows a single worker."""
@@ -239,7 +247,7 @@ def _run_in_processes(context: StageContext, group: list[Stage]) -> None:
         return
     names = [s.name.removeprefix(STUDENT_PREFIX) for s in group]
     log.info("[distill] %s in %d processes", ", ".join(names), workers)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(context.config["trainer"], workers)
     root = str(context.run.root)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
