@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -356,14 +358,24 @@ def fit(
 
 
 def _keep_signal_handlers(trainer: L.Trainer) -> None:
-    """Stop Lightning from installing its SIGTERM handler for the fit: the process's own stays
-    (``endd``'s CLI unwinds on SIGTERM as on Ctrl-C). Lightning's handler broadcasts from rank 0
-    inside the signal handler, which deadlocks when the ranks are at different collectives
-    (seen here: rank 0 at a barrier, rank 1 in the handler's broadcast, both for good when the
-    whole process group got SIGTERM). Private API: where it is missing, Lightning's stays."""
+    """Keep the process's own SIGTERM handler during the fit (``endd``'s CLI unwinds on SIGTERM
+    as on Ctrl-C) instead of Lightning's, which broadcasts from rank 0 inside the signal handler
+    and deadlocks when the ranks are at different collectives (seen here: rank 0 at a barrier,
+    rank 1 in the handler's broadcast, both for good, when the whole process group got
+    SIGTERM). Lightning's other handlers (SLURM's requeue signal) stay. Private API: where it is
+    missing, Lightning's handlers stay as they are."""
     connector = getattr(trainer, "_signal_connector", None)
-    if connector is not None and hasattr(connector, "register_signal_handlers"):
-        connector.register_signal_handlers = lambda: None
+    register = getattr(connector, "register_signal_handlers", None)
+    if register is None:
+        return
+
+    def register_all_but_sigterm() -> None:
+        own = signal.getsignal(signal.SIGTERM)
+        register()
+        if threading.current_thread() is threading.main_thread() and own is not None:
+            signal.signal(signal.SIGTERM, own)
+
+    connector.register_signal_handlers = register_all_but_sigterm
 
 
 def inference_device(trainer_config: dict[str, Any]) -> torch.device:
