@@ -82,24 +82,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise not_found("IDX file", None, path.parent, path.name, [path.name])
     raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise CorruptDatasetError(
-            f"{path} is not an IDX file (magic bytes {raw[:4].hex() or 'missing'}; expected "
-            "00 00 <type code> <dimensions>)"
-        )
-    dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
-    header_size = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header_size:
-        raise CorruptDatasetError(f"{path} has a truncated IDX header ({ndim} dimensions)")
-    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-    if len(raw) - header_size != expected:
-        raise CorruptDatasetError(
-            f"{path} holds {len(raw) - header_size} data bytes but its header {shape} promises "
-            f"{expected} (truncated or damaged download?)"
-        )
-    values = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
-    return values.astype(dtype.newbyteorder("="))
+    dtype, shape, header_size = _header(path, raw, len(raw))
+    stored = dtype.newbyteorder(">")  # IDX values are big-endian
+    return np.frombuffer(raw, dtype=stored, offset=header_size).reshape(shape).astype(dtype)
 
 
 def _find(directory: Path, stem: str) -> Path | None:
