@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted()
     except SystemExit as exit_:
         # Lightning ends a fit that Ctrl-C interrupted with sys.exit(1), after its own cleanup
-        if _raised_by_interrupt(exit_) or _received:
+        if _raised_by(exit_, KeyboardInterrupt) or _received:
             return _interrupted()
         raise
     except Exception as err:
@@ -369,11 +369,6 @@ def _interrupted() -> int:
         return 143
     print("endd: interrupted; rerun the same command to resume", file=sys.stderr)
     return 130
-
-
-def _raised_by_interrupt(error: BaseException) -> bool:
-    """Whether ``error`` was raised while a KeyboardInterrupt was being handled."""
-    return _raised_by(error, KeyboardInterrupt)
 
 
 def _raised_by(error: BaseException | None, kind: type[BaseException]) -> bool:

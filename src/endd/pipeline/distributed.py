@@ -136,16 +136,13 @@ def launch_local_ranks(trainer: dict[str, Any]) -> bool:
     torchrun or SLURM, and in a process that was itself launched."""
     if not is_distributed(trainer) or _initialised() or "LOCAL_RANK" in os.environ:
         return False
-    from lightning.fabric.plugins.environments import (
-        LightningEnvironment,
-        SLURMEnvironment,
-        TorchElasticEnvironment,
-    )
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
     from lightning.fabric.strategies.launchers.subprocess_script import (
         _SubprocessScriptLauncher,
     )
 
-    if TorchElasticEnvironment.detect() or _slurm_launched() or SLURMEnvironment.detect():
+    # inside a SLURM job but not started by srun: left to Lightning, as before
+    if outside_launcher() or SLURMEnvironment.detect():
         return False
     nodes = int(trainer.get("num_nodes", 1))
     launcher = _SubprocessScriptLauncher(
