@@ -183,9 +183,9 @@ class ReleaseFreedMemory(Callback):
     the freed batch buffers (all of them under the CLI's
     :func:`~endd.models.allocator.keep_freed_memory`) in a heap that fragments. With it the
     growth is bounded by one interval's. Each release costs the page faults of the memory the
-    next step uses again (measured: ~4 ms after a 2 ms MLP step, about 6 % if released every 32
-    such steps): both bounds keep that under 1 % of the training time, for fast steps (the time)
-    and for slow steps of large batched ensembles (the step count).
+    next step uses again (3-4 % of a 1.7 ms batched-MLP step when released every 32 steps;
+    ``benchmarks/bench_ensemble_training.py --release-seconds 0``): the two bounds keep that
+    small for fast steps (the time) and for slow steps of large batched ensembles (the count).
     """
 
     def __init__(self, every: int = 32, seconds: float = 1.0) -> None:

@@ -8,12 +8,11 @@ one after another with glibc's defaults and 0.96–1.09× with freed memory kept
 training barely changed). Call :func:`keep_freed_memory` once at process start-up on CPU runs.
 
 Kept memory has a cost: a heap that fragments (batch buffers of varying lifetimes) grows with every
-step and never shrinks. Measured on one distillation epoch over 1.2 M CIFAR-sized rows (2 343
-steps), the peak resident memory was 590-1296 MiB over six runs, a different amount each time.
-:func:`release_freed_memory` (``malloc_trim``) hands the free pages back; the training loop calls
-it every so often (:class:`endd.engine.trainer.ReleaseFreedMemory`: after 32 steps and 1 s), so
-the steps in between keep the speed of kept memory and the heap grows by one interval's worth at
-most: 574-717 MiB over three such runs, at the same speed.
+step and never shrinks, by a different amount each run. :func:`release_freed_memory`
+(``malloc_trim``) hands the free pages back; the training loop calls it every so often
+(:class:`endd.engine.trainer.ReleaseFreedMemory`: after 32 steps and 1 s), so the steps in between
+keep the speed of kept memory. ``benchmarks/bench_release_memory.py`` measures both (peaks and
+times in docs/benchmarks.md, "Image datasets on disk").
 """
 
 from __future__ import annotations
